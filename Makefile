@@ -1,0 +1,72 @@
+# fastzhang: every job is a make target. `make help` lists them.
+# The virtual environment lives in .venv; targets create it on first use.
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+FZ       := $(VENV)/bin/fastzhang
+# A CPU-only machine gets the local CPU build of torch; a machine with an NVIDIA GPU gets pip's CUDA build.
+TORCH    ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+EXTRAS   ?= dev
+JOBS     ?= 1
+
+.PHONY: help setup setup-full test test-fast demo report bench bench-gpu table1 figure1a figure1b \
+        baseline random_labels all status clean-venv
+
+help:
+	@echo "make demo        set up, run the CPU demo (true vs random labels), write the report"
+	@echo "make test        set up with all extras and run the test suite (what CI runs)"
+	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/"
+	@echo "make bench-gpu   GPU benchmark suite (bench/gpu.sh), for a machine with CUDA"
+	@echo "make table1 | figure1a | figure1b | baseline | random_labels | all"
+	@echo "                 run a category of recipes (completed ones are skipped), then the report"
+	@echo "make report      rebuild results/report from the results files"
+	@echo "make status      one row per experiment"
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed-$(EXTRAS)
+
+# Everything the tests exercise: DALI's CPU pipelines, Triton's interpreter, W&B offline, Ray.
+setup-full:
+	$(MAKE) setup EXTRAS=dev,dali,wandb,ray,triton
+
+test: setup-full
+	$(VENV)/bin/python -m pytest -q -x --timeout=900
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -x -m "not slow"
+
+demo: setup
+	bash recipes/run_all_recipes.sh --category demo
+	$(FZ) report --results results --out results/report
+
+report: setup
+	$(FZ) report --results results --out results/report
+
+status: setup
+	$(FZ) status
+
+table1 figure1a figure1b baseline random_labels: setup
+	bash recipes/run_all_recipes.sh --category $@ --jobs $(JOBS)
+	$(FZ) report --results results --out results/report
+
+all: setup
+	bash recipes/run_all_recipes.sh --category all --jobs $(JOBS)
+	$(FZ) report --results results --out results/report
+
+bench: setup-full
+	mkdir -p bench/out
+	$(VENV)/bin/python -m pytest bench -q --benchmark-json=bench/out/cpu.json -p no:cacheprovider
+	$(VENV)/bin/python bench/table.py bench/out/cpu.json | tee bench/out/cpu.md
+
+bench-gpu:
+	bash bench/gpu.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from fastzhang.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""The `fastzhang` command: one subcommand per module in this package.
+
+Each module exposes `add_parser(subparsers)`, which registers its subcommand and
+sets `func(args) -> int` as the handler. Heavy imports (torch) happen inside the
+handlers, so `fastzhang --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fastzhang import __version__
+from fastzhang.errors import FastZhangError
+
+SUBCOMMANDS = ("run", "status", "clean", "batch", "report", "models", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastzhang", description="Zhang et al. 2017 on CIFAR-10: train, resume, report."
+    )
+    parser.add_argument("--version", action="version", version=f"fastzhang {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"fastzhang.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FastZhangError as e:
+        print(f"fastzhang: error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -1,0 +1,282 @@
+"""One typed experiment configuration, validated once at the edge.
+
+A config comes from a YAML recipe, from command-line flags, or both (flags win).
+`ExperimentConfig.from_mapping` is the single place that checks types and ranges;
+everything downstream trusts the object. Fields split in two groups:
+
+* identity fields decide what is trained. They make up the experiment ID, are
+  stored in every checkpoint, and a checkpoint whose identity differs from the
+  requested one is never reused.
+* execution fields decide how and where it runs (device, speed switches, data
+  folder, logging). Changing them does not change the experiment, so a run may
+  resume on another device or with another data path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from fastzhang.errors import UsageError
+
+MODELS = ("inception", "inception_no_bn", "alexnet", "mlp1", "mlp3")
+DATASETS = ("cifar10", "synthetic")
+RANDOMIZATIONS = ("none", "partial", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
+SWITCHES = ("auto", "on", "off")
+LOADERS = ("torch", "dali")
+
+# Appendix A of the paper: 0.1 for Inception, 0.01 for AlexNet and the MLPs.
+DEFAULT_LR = {"inception": 0.1, "inception_no_bn": 0.1, "alexnet": 0.01, "mlp1": 0.01, "mlp3": 0.01}
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ConfigError(UsageError, ValueError):
+    """A bad configuration value; the message is one line naming the field."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    # --- identity: what is trained -------------------------------------------------
+    model: str = "inception"
+    dataset: str = "cifar10"
+    randomization: str = "none"
+    corrupt_prob: float = 0.0
+    random_crop: bool = False
+    weight_decay: float = 0.0
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float | None = None  # None: the paper's default for the model
+    lr_decay: float = 0.95
+    momentum: float = 0.9
+    seed: int = 0
+    train_subset: int | None = None  # train on the first k images of a fixed shuffle
+    stop_at_train_acc: float | None = None  # e.g. 100.0: stop once the epoch's train acc reaches it
+    # --- execution: how and where it runs ----------------------------------------------
+    device: str = "auto"
+    data_dir: str | None = None
+    amp: str = "auto"
+    compile: str = "auto"
+    cuda_graphs: str = "auto"
+    channels_last: str = "auto"
+    loader: str = "torch"
+    checkpoint_every_steps: int | None = None
+    use_wandb: bool = False
+
+    IDENTITY = (
+        "model", "dataset", "randomization", "corrupt_prob", "random_crop", "weight_decay",
+        "epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "train_subset",
+        "stop_at_train_acc",
+    )
+
+    # ---------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "ExperimentConfig":
+        """Build and validate a config from plain values; unknown keys are errors."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {_type_name(values)}")
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        checked = {key: _check_type(key, value, source) for key, value in values.items()}
+        return _canonical(cls(**checked), source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "ExperimentConfig":
+        """Read a YAML recipe; `overrides` (from flags) replace its values."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read recipe ({e.strerror or e})") from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: broken YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        if values is None:
+            raise ConfigError(f"{path}: recipe is empty; expected a mapping of settings")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got a {_type_name(values)}")
+        return cls.from_mapping({**values, **(overrides or {})}, source=str(path))
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def effective_lr(self) -> float:
+        return DEFAULT_LR[self.model] if self.lr is None else self.lr
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the experiment, with the learning rate resolved."""
+        out = {name: getattr(self, name) for name in self.IDENTITY}
+        out["lr"] = self.effective_lr
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return ExperimentConfig.from_mapping({**self.to_dict(), **changes})
+
+    @property
+    def experiment_id(self) -> str:
+        return experiment_id(self.identity())
+
+
+# ------------------------------------------------------------------------------------------
+# Types and ranges
+
+_FIELD_TYPES = {f.name: f.type for f in fields(ExperimentConfig)}
+
+
+def _type_name(value: Any) -> str:
+    return {list: "list", dict: "mapping", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_type(key: str, value: Any, source: str) -> Any:
+    kind = _FIELD_TYPES[key]
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {key} must not be empty")
+    base = kind.replace(" | None", "")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+    if base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+    if base == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    raise AssertionError(f"unhandled field type {kind} for {key}")
+
+
+def _choice(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
+    """Check ranges, then give equivalent experiments one spelling (and so one ID)."""
+    _choice(source, "model", cfg.model, MODELS)
+    _choice(source, "dataset", cfg.dataset, DATASETS)
+    _choice(source, "randomization", cfg.randomization, RANDOMIZATIONS)
+    for key in ("amp", "compile", "cuda_graphs", "channels_last"):
+        _choice(source, key, getattr(cfg, key), SWITCHES)
+    _choice(source, "loader", cfg.loader, LOADERS)
+    if not _DEVICE_RE.match(cfg.device):
+        raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
+    if not 0.0 <= cfg.corrupt_prob <= 1.0:
+        raise ConfigError(f"{source}: corrupt_prob must be in [0, 1]; got {cfg.corrupt_prob}")
+    if cfg.corrupt_prob and cfg.randomization not in ("partial", "random_labels"):
+        raise ConfigError(
+            f"{source}: corrupt_prob applies only to randomization 'partial'; got randomization {cfg.randomization!r}"
+        )
+    if cfg.randomization == "random_labels" and cfg.corrupt_prob not in (0.0, 1.0):
+        raise ConfigError(f"{source}: random_labels means corrupt_prob 1.0; got {cfg.corrupt_prob}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"{source}: weight_decay must be >= 0; got {cfg.weight_decay}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ConfigError(f"{source}: lr must be > 0; got {cfg.lr}")
+    if not 0 < cfg.lr_decay <= 1:
+        raise ConfigError(f"{source}: lr_decay must be in (0, 1]; got {cfg.lr_decay}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"{source}: momentum must be in [0, 1); got {cfg.momentum}")
+    _at_least(source, "epochs", cfg.epochs, 1)
+    _at_least(source, "batch_size", cfg.batch_size, 1)
+    _at_least(source, "seed", cfg.seed, 0)
+    if cfg.train_subset is not None:
+        _at_least(source, "train_subset", cfg.train_subset, 1)
+    if cfg.checkpoint_every_steps is not None:
+        _at_least(source, "checkpoint_every_steps", cfg.checkpoint_every_steps, 1)
+    if cfg.stop_at_train_acc is not None and not 0 < cfg.stop_at_train_acc <= 100:
+        raise ConfigError(f"{source}: stop_at_train_acc must be in (0, 100]; got {cfg.stop_at_train_acc}")
+    if cfg.cuda_graphs == "on" and cfg.device == "cpu":
+        raise ConfigError(f"{source}: cuda_graphs 'on' needs a CUDA device; got device 'cpu'")
+
+    # Label corruption with p = 0 is the true data set and p = 1 is random labels
+    # (same draws, see data/randomize.py), so they share the canonical spelling.
+    changes: dict[str, Any] = {}
+    if cfg.randomization == "partial" and cfg.corrupt_prob == 0.0:
+        changes = {"randomization": "none"}
+    elif cfg.randomization in ("partial", "random_labels") and cfg.corrupt_prob in (0.0, 1.0):
+        changes = {"randomization": "random_labels", "corrupt_prob": 1.0}
+    if cfg.lr is not None and cfg.lr == DEFAULT_LR[cfg.model]:
+        changes["lr"] = None
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _at_least(source: str, key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{source}: {key} must be >= {low}; got {value}")
+
+
+# ------------------------------------------------------------------------------------------
+# Experiment IDs
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_DEFAULTS = ExperimentConfig()
+
+# Settings beyond the base pattern, each with its short tag, in the fixed order they are appended.
+_EXTRA_TAGS = (
+    ("lr", "lr"), ("lr_decay", "decay"), ("momentum", "mom"), ("batch_size", "bs"),
+    ("epochs", "ep"), ("train_subset", "sub"), ("stop_at_train_acc", "stop"), ("seed", "seed"),
+)
+
+
+def _num(value: float | int) -> str:
+    """Shortest stable spelling of a number: 0.0005 -> '0.0005', 100.0 -> '100'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _safe(token: Any) -> str:
+    return _UNSAFE.sub("-", str(token)).strip("-.") or "x"
+
+
+def experiment_id(identity: Mapping[str, Any]) -> str:
+    """`{model}_{dataset}_{randomization}_{regularizers}_{corruption}` plus non-default extras.
+
+    Every value passes through `_safe`, so the ID is a file name whatever the input.
+    """
+    model = identity["model"]
+    rand = identity["randomization"]
+    parts = [_safe(model), _safe(identity["dataset"])]
+    parts.append({"none": "baseline", "partial": "partial_corrupt"}.get(rand, _safe(rand)))
+    if identity["weight_decay"]:
+        parts.append("wd" + _safe(_num(identity["weight_decay"])))
+    if identity["random_crop"]:
+        parts.append("crop")
+    if rand == "partial":
+        parts.append("corrupt" + _safe(_num(round(identity["corrupt_prob"] * 100, 6))))
+    for key, tag in _EXTRA_TAGS:
+        value = identity[key]
+        default = DEFAULT_LR.get(model) if key == "lr" else getattr(_DEFAULTS, key)
+        if value is not None and value != default:
+            parts.append(tag + _safe(_num(value)))
+    out = "_".join(parts)
+    if len(out) > 180:  # keep file names short; the hash keeps long IDs distinct
+        out = out[:160] + "_" + hashlib.sha256(out.encode()).hexdigest()[:12]
+    return out

@@ -1,0 +1,38 @@
+"""Errors that reach the user as one line and an exit code.
+
+The CLI catches `FastZhangError`, prints `fastzhang: error: <message>` and exits
+with the class's code, so every layer can fail loudly without knowing about the
+command line. Codes: 2 bad input (refused before any work), 3 the experiment is
+locked by another process, 4 no usable checkpoint, 5 a write failed (disk full,
+permissions), 1 anything else.
+"""
+
+
+class FastZhangError(Exception):
+    exit_code = 1
+
+
+class UsageError(FastZhangError):
+    """Bad input: a config, recipe, data folder or checkpoint that does not fit."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """The data set is missing, unreadable or not what it claims to be."""
+
+
+class LockHeld(FastZhangError):
+    exit_code = 3
+
+
+class CheckpointError(FastZhangError):
+    """No checkpoint that passes verification is available."""
+
+    exit_code = 4
+
+
+class WriteError(FastZhangError):
+    """Writing a checkpoint or results file failed; the previous files are intact."""
+
+    exit_code = 5
