@@ -1,0 +1,310 @@
+"""Checkpoints that are written atomically, verified on load and never lost.
+
+A checkpoint is a plain dict (see docs/architecture.md) saved with `torch.save`,
+so `torch.load(path, weights_only=True)` reads it without running any code. On
+top of that:
+
+* `save` adds `format`, `format_version` and a `checksum`: sha256 over a canonical
+  walk of the payload (dict keys sorted; tensors as dtype, shape and raw bytes).
+  The zip container has no integrity check of its own: a flipped bit in tensor
+  data loads silently, so the checksum is what catches it.
+* `save` writes through `atomic_write` and, just before the new file takes the
+  final name, rotates the current one to `{stem}.prev.pth`. A crash between the
+  two renames leaves no latest file but a good `.prev`, which `load_latest` uses.
+* `load` refuses anything that is not an intact fastzhang checkpoint with
+  `CheckpointCorrupt`; `load_latest` falls back to `.prev` and moves a damaged file
+  aside as `{name}.corrupt-{YYYYmmdd_HHMMSS}` (kept for inspection, never deleted,
+  never rotated into `.prev`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import pickle
+import re
+import struct
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from fastzhang.atomicio import atomic_write, fsync_dir
+from fastzhang.errors import CheckpointError, WriteError
+from fastzhang.log import warn
+
+FORMAT = "fastzhang-checkpoint"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+_KINDS = r"(?:checkpoint|best)(?:\.prev)?\.pth"
+_CORRUPT = r"\.corrupt-\d{8}_\d{6}(?:_\d+)?"
+_ANY_ID_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:{_CORRUPT})?$")
+_ANY_ID_TMP_RE = re.compile(rf"^\.(?P<id>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A file exists but is not an intact fastzhang checkpoint."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"checkpoint {path} is damaged: {reason}")
+
+
+# ------------------------------------------------------------------------------------------
+# Names
+
+def latest_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
+    return Path(checkpoint_dir) / f"{experiment_id}_checkpoint.pth"
+
+
+def best_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
+    return Path(checkpoint_dir) / f"{experiment_id}_best.pth"
+
+
+def prev_path(path: str | Path) -> Path:
+    """`x_checkpoint.pth` -> `x_checkpoint.prev.pth`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def experiment_files(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
+    """Every checkpoint file of one experiment: latest, best, their .prev, .corrupt-* and stale .tmp."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return []
+    ident = re.escape(experiment_id)
+    names = re.compile(rf"^{ident}_{_KINDS}(?:{_CORRUPT})?$|^\.{ident}_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
+    return sorted(p for p in folder.iterdir() if names.match(p.name) and not p.is_dir())
+
+
+def discover_ids(checkpoint_dir: str | Path) -> set[str]:
+    """Experiment IDs that have any checkpoint file (including damaged or stale ones)."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return set()
+    found = set()
+    for p in folder.iterdir():
+        m = _ANY_ID_RE.match(p.name) or _ANY_ID_TMP_RE.match(p.name)
+        if m:
+            found.add(m["id"])
+    return found
+
+
+# ------------------------------------------------------------------------------------------
+# Checksum
+
+def checksum(payload: Mapping[str, Any]) -> str:
+    """sha256 hex of everything in `payload` except its `checksum` entry."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != "checksum"}, "payload")
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any, where: str) -> None:
+    # Each value is tagged with its type and, where variable, its length, so two
+    # different payloads never produce the same byte stream.
+    kind = type(obj)
+    if obj is None:
+        h.update(b"N")
+    elif kind is bool:
+        h.update(b"T" if obj else b"F")
+    elif kind is int:
+        _tagged(h, b"i", str(obj).encode())
+    elif kind is float:
+        h.update(b"f" + struct.pack("<d", obj))
+    elif kind is str:
+        _tagged(h, b"s", obj.encode("utf-8", "surrogatepass"))
+    elif kind is bytes:
+        _tagged(h, b"b", obj)
+    elif isinstance(obj, torch.Tensor):
+        _feed_tensor(h, obj, where)
+    elif isinstance(obj, dict):
+        h.update(b"d%d:" % len(obj))
+        for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(h, key, f"{where} key")
+            _feed(h, obj[key], f"{where}.{key}")
+    elif kind in (list, tuple, torch.Size):
+        h.update(b"l%d:" % len(obj))
+        for i, item in enumerate(obj):
+            _feed(h, item, f"{where}[{i}]")
+    else:
+        # torch.load(weights_only=True) would refuse it, so refuse it before writing.
+        raise TypeError(
+            f"checkpoint {where}: a {kind.__module__}.{kind.__qualname__} cannot be stored; "
+            "use plain dicts, lists, tensors, str, int, float, bool or None"
+        )
+
+
+def _tagged(h: Any, tag: bytes, data: bytes) -> None:
+    h.update(tag + b"%d:" % len(data))
+    h.update(data)
+
+
+def _feed_tensor(h: Any, t: torch.Tensor, where: str) -> None:
+    if t.layout != torch.strided or t.is_quantized:
+        raise TypeError(f"checkpoint {where}: only dense tensors can be stored, got layout {t.layout}")
+    h.update(f"t{t.dtype}|{tuple(t.shape)}|".encode())
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel():
+        h.update(flat.view(torch.uint8).numpy())
+
+
+# ------------------------------------------------------------------------------------------
+# Save and load
+
+def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = True) -> Path:
+    """Write `payload` (plus format, format_version, checksum) atomically to `path`.
+
+    With `keep_previous`, the file currently at `path` becomes `{stem}.prev.pth`.
+    Raises `WriteError` on disk full / permissions (old files intact), `TypeError`
+    for a value that `torch.load(weights_only=True)` could not read back.
+    """
+    path = Path(path)
+    for key, value in (("format", FORMAT), ("format_version", FORMAT_VERSION)):
+        if key in payload and payload[key] != value:
+            raise ValueError(f"checkpoint payload has {key}={payload[key]!r}; save() writes {value!r}")
+    full = {k: v for k, v in payload.items() if k != "checksum"}
+    full["format"], full["format_version"] = FORMAT, FORMAT_VERSION
+    full["checksum"] = checksum(full)
+
+    def rotate() -> None:
+        try:
+            os.replace(path, prev_path(path))
+        except FileNotFoundError:
+            pass
+
+    atomic_write(
+        path, lambda f: torch.save(full, f), what="checkpoint",
+        before_replace=rotate if keep_previous else None,
+    )
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and verify one checkpoint; `CheckpointCorrupt` unless it is intact."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if not data:
+        raise CheckpointCorrupt(path, "the file is empty (0 bytes)")
+    # Parsing from memory: torch reports some damage as OSError, which must not
+    # read as "cannot read the disk".
+    try:
+        with warnings.catch_warnings():  # a foreign pickle is reported as damage, not as torch's hint
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
+        raise CheckpointCorrupt(path, _load_failure(e)) from None
+    problem = _payload_problem(payload)
+    if problem:
+        raise CheckpointCorrupt(path, problem)
+    return payload
+
+
+def _load_failure(e: Exception) -> str:
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"Unsupported[^\n]*", text)
+        detail = found.group(0).strip()[:120] if found else "unknown content"
+        what = "it holds objects other than tensors and plain values" if "global" in detail else (
+            "not a readable torch file")
+        return f"{what} ({detail}; refused unread by the weights-only loader)"
+    first = text.strip().splitlines()[0] if text.strip() else "no details"
+    return f"not a readable torch file ({type(e).__name__}: {first[:160]})"
+
+
+def _payload_problem(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return f"not a fastzhang checkpoint (it holds a {type(payload).__name__}, expected a dict)"
+    if payload.get("format") != FORMAT:
+        return f"not a fastzhang checkpoint (format is {payload.get('format')!r}, expected {FORMAT!r})"
+    version = payload.get("format_version")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        return f"format_version {version!r} is not supported (this fastzhang reads {SUPPORTED_VERSIONS})"
+    stored = payload.get("checksum")
+    if not isinstance(stored, str):
+        return "it has no checksum"
+    try:
+        actual = checksum(payload)
+    except TypeError as e:
+        return str(e)
+    if actual != stored:
+        return f"checksum mismatch (stored {stored[:12]}..., content hashes to {actual[:12]}...)"
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# Resume: the newest good checkpoint
+
+def load_latest(path: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """The payload of `path`, else of its `.prev`, with the file it came from.
+
+    None when neither file exists. A damaged file next to a good one is renamed to
+    `{name}.corrupt-{timestamp}` with a warning (so the next save cannot rotate it
+    over the good one); when every existing file is damaged, `CheckpointError`
+    names them all and nothing is touched.
+    """
+    path = Path(path)
+    prev = prev_path(path)
+    found: dict[Path, dict[str, Any]] = {}
+    damaged: dict[Path, CheckpointCorrupt] = {}
+    for candidate in (path, prev):
+        if candidate.exists():
+            try:
+                found[candidate] = load(candidate)
+            except CheckpointCorrupt as e:
+                damaged[candidate] = e
+    if not found and not damaged:
+        return None
+    if not found:
+        listed = "; ".join(f"{p}: {e.reason}" for p, e in damaged.items())
+        raise CheckpointError(
+            f"no usable checkpoint ({listed}); nothing was deleted: inspect or remove these files, "
+            "or pass --force to start the experiment over"
+        )
+    used = path if path in found else prev
+    for bad, e in damaged.items():
+        kept = quarantine(bad)
+        warn(f"checkpoint {bad} is damaged ({e.reason}); using {used}; the damaged file is kept as {kept}")
+    if used == prev and path not in damaged:
+        warn(f"checkpoint {path} is missing (a save was interrupted); resuming from the previous checkpoint {prev}")
+    return found[used], used
+
+
+def inspect_latest(path: str | Path) -> tuple[dict[str, Any] | None, Path | None, list[CheckpointCorrupt]]:
+    """Like `load_latest` but read-only (for `status`): (payload, used path, damage found)."""
+    path = Path(path)
+    damaged = []
+    for candidate in (path, prev_path(path)):
+        if candidate.exists():
+            try:
+                return load(candidate), candidate, damaged
+            except CheckpointCorrupt as e:
+                damaged.append(e)
+    return None, None, damaged
+
+
+def quarantine(path: str | Path) -> Path:
+    """Rename a damaged file to `{name}.corrupt-{YYYYmmdd_HHMMSS}` (never overwriting one)."""
+    path = Path(path)
+    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}_{n}")
+        n += 1
+    try:
+        os.rename(path, target)
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot move damaged checkpoint {path} aside to {target.name}: {e.strerror or e}") from e
+    return target

@@ -1,0 +1,137 @@
+"""One process per experiment: an flock on `{checkpoint_dir}/{id}.lock`.
+
+The kernel drops an flock when its holder dies, even by SIGKILL, so a crashed
+run never leaves a stale lock behind; the file itself stays (removing it would
+let two processes lock two different inodes) and holds the holder's pid for the
+error message. Note that a child forked while the lock is held shares it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from fastzhang.errors import LockHeld, WriteError
+
+LOCK_SUFFIX = ".lock"
+# `status` and `clean` take the lock for a moment to test it; retrying briefly keeps
+# such a probe from making a starting run fail.
+_RETRY_SECONDS = 0.3
+
+
+def lock_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
+    return Path(checkpoint_dir) / f"{experiment_id}{LOCK_SUFFIX}"
+
+
+class ExperimentLock:
+    """`with ExperimentLock(ckpt_dir, id):` raises LockHeld if another process runs `id`."""
+
+    def __init__(self, checkpoint_dir: str | Path, experiment_id: str):
+        self.experiment_id = experiment_id
+        self.path = lock_path(checkpoint_dir, experiment_id)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "ExperimentLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        deadline = time.monotonic() + _RETRY_SECONDS
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                raise LockHeld(self._held_message()) from None
+            # The file may have been removed (by `clean`) between open and flock; a
+            # lock on an unlinked inode excludes nobody, so start over on the new file.
+            if _still_named(fd, self.path):
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is only for messages; holding the lock is what matters
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WriteError(f"cannot create lock file {self.path}: {e.strerror or e}") from e
+
+    def _held_message(self) -> str:
+        pid = holder_pid(self.path)
+        who = f"pid {pid}, " if pid else ""
+        return (
+            f"experiment {self.experiment_id} is already running in another process "
+            f"({who}lock file {self.path}); wait for it or stop it"
+        )
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def holder_pid(path: str | Path) -> int | None:
+    """The pid the holder wrote into the lock file, if readable."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_held(checkpoint_dir: str | Path, experiment_id: str) -> bool:
+    """Whether a live process holds the experiment's lock (creates nothing)."""
+    path = lock_path(checkpoint_dir, experiment_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def ids_with_lock_files(checkpoint_dir: str | Path) -> set[str]:
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return set()
+    return {p.name[: -len(LOCK_SUFFIX)] for p in folder.glob(f"*{LOCK_SUFFIX}") if p.is_file()}

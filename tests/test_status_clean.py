@@ -1,0 +1,217 @@
+"""`fastzhang status` and `fastzhang clean` on real folders."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastzhang import checkpoint as C
+from fastzhang import results as R
+from fastzhang.cli import main
+from fastzhang.lock import ExperimentLock
+
+ROOT = Path(__file__).resolve().parents[1]
+DONE = "mlp1_cifar10_baseline"
+DONE_LONGER = "mlp1_cifar10_baseline_wd0.0005"  # shares DONE as a prefix
+HALF = "alexnet_cifar10_random_labels"
+RUNNING = "inception_cifar10_baseline"
+BROKEN = "mlp3_cifar10_baseline"
+BAD_RESULTS = "mlp3_cifar10_random_pixels"
+
+
+def ckpt(ident: str, epoch: int, epochs: int = 10, **extra) -> dict:
+    return {
+        "experiment_id": ident, "config": {"epochs": epochs}, "epoch": epoch, "step_in_epoch": 0,
+        "model_state_dict": {"w": torch.ones(4)}, "best_test_acc": 40.0 + epoch,
+        "all_metrics": {"test_acc": [30.0 + e for e in range(1, epoch + 1)]}, **extra,
+    }
+
+
+def results_payload(ident: str, best: float, final: float, **changes) -> dict:
+    n = 2
+    payload = {
+        "schema_version": 1, "experiment_id": ident, "config": {"epochs": n},
+        "metrics": {
+            **{k: [1.0] * n for k in R.METRIC_SERIES},
+            "best_test_acc": best, "final_train_acc": 99.0, "final_test_acc": final, "fit_epoch": 2, "fit_step": 8,
+        },
+        "timestamp": "20240301_101010", "completed": True, "total_epochs": n, "target_epochs": n,
+        "stopped_early": False, "data_fingerprint": None, "data_fingerprint_name": None,
+        "environment": {k: "x" for k in R.ENVIRONMENT_KEYS},
+        "throughput": {"mean_images_per_second": 1.0, "train_seconds": 1.0},
+    }
+    payload.update(changes)
+    return payload
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A working folder with ./checkpoints and ./results holding one experiment of each kind."""
+    monkeypatch.chdir(tmp_path)
+    ck, res = Path("checkpoints"), Path("results")
+    C.save(ckpt(DONE, 2, epochs=2), C.latest_path(ck, DONE))
+    R.write(res, results_payload(DONE, 91.5, 90.25))
+    R.write(res, results_payload(DONE_LONGER, 80.0, 79.0, stopped_early=True, total_epochs=1))
+    C.save(ckpt(HALF, 3), C.latest_path(ck, HALF))
+    C.save(ckpt(HALF, 4), C.latest_path(ck, HALF))
+    C.save(ckpt(RUNNING, 5), C.latest_path(ck, RUNNING))
+    C.latest_path(ck, BROKEN).write_bytes(b"\0" * 100)
+    (res / f"{BAD_RESULTS}_20240301_101010.json").write_text('{"schema_version": 1, "experim')
+    return tmp_path
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def status_rows(capsys) -> tuple[dict[str, str], str]:
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0].splitlines()
+    assert table[0].split() == ["ID", "STATE", "BEST", "FINAL", "RESULTS"]
+    return {line.split()[0]: line for line in table[1:]}, out
+
+
+def test_status_one_row_per_experiment(lab, capsys):
+    with ExperimentLock("checkpoints", RUNNING):
+        before = snapshot(lab)
+        rows, out = status_rows(capsys)
+        after = snapshot(lab)
+    assert set(rows) == {DONE, DONE_LONGER, HALF, RUNNING, BROKEN, BAD_RESULTS}
+    assert rows[DONE].split()[1:] == ["completed", "91.50", "90.25", f"{DONE}_20240301_101010.json"]
+    assert "completed (stopped at epoch 1 of 2)  80.00  79.00" in rows[DONE_LONGER]
+    assert rows[HALF].split()[1:] == "interrupted at epoch 4 of 10 44.00 34.00 -".split()
+    assert rows[RUNNING].split()[1:] == "in progress at epoch 5 of 10 45.00 35.00 -".split()
+    assert rows[BROKEN].split()[1:] == ["damaged", "checkpoint", "-", "-", "-"]
+    assert rows[BAD_RESULTS].split()[1:] == ["damaged", "results", "file", "-", "-", f"{BAD_RESULTS}_20240301_101010.json"]
+    problems = out.split("\ndamaged files:\n")[1].splitlines()
+    assert problems[0].startswith(f"  checkpoints/{BROKEN}_checkpoint.pth: not a readable torch file")
+    assert problems[1].startswith(f"  results/{BAD_RESULTS}_20240301_101010.json: not valid JSON")
+    assert len(problems) == 2
+    assert after == before  # status changes nothing, not even a damaged checkpoint
+
+
+def test_status_after_lock_released_and_with_damaged_latest(lab, capsys):
+    latest = C.latest_path("checkpoints", HALF)
+    latest.write_bytes(latest.read_bytes()[:50])
+    rows, out = status_rows(capsys)
+    assert rows[RUNNING].split()[1:4] == ["interrupted", "at", "epoch"]
+    assert f"interrupted at epoch 3 of 10 (from {HALF}_checkpoint.prev.pth; newer checkpoint damaged)" in rows[HALF]
+    assert f"  checkpoints/{HALF}_checkpoint.pth: not a readable torch file" in out
+
+
+def test_status_empty(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 0
+    assert capsys.readouterr().out == "no experiments in checkpoints or results\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_other_folders(lab, capsys, tmp_path):
+    other = tmp_path / "elsewhere"
+    os.rename(lab / "checkpoints", other)
+    assert main(["status", "--checkpoint-dir", str(other), "--results-dir", str(lab / "nothing")]) == 0
+    out = capsys.readouterr().out
+    assert HALF in out and BAD_RESULTS not in out
+
+
+# ------------------------------------------------------------------------------------------
+# clean
+
+def test_clean_yes_deletes_everything_of_one_experiment_only(lab, capsys):
+    ck = lab / "checkpoints"
+    C.save(ckpt(DONE, 2, epochs=2), C.best_path(ck, DONE), keep_previous=False)
+    C.save(ckpt(DONE, 2, epochs=2), C.latest_path(ck, DONE))  # makes a .prev
+    (ck / f"{DONE}_checkpoint.pth.corrupt-20240101_000000").write_bytes(b"x")
+    (ck / f".{DONE}_checkpoint.pth.k2j4h5g6.tmp").write_bytes(b"x")  # left by a killed writer
+    (lab / "results" / f".{DONE}_20240301_101010.json.abcd1234.tmp").write_bytes(b"x")
+    with ExperimentLock(ck, DONE):
+        pass  # leaves the lock file
+    before = snapshot(lab)
+    assert main(["clean", DONE, "--yes"]) == 0
+    out = capsys.readouterr().out
+    gone = set(before) - set(snapshot(lab))
+    assert gone == {
+        f"checkpoints/{n}" for n in (
+            f"{DONE}_checkpoint.pth", f"{DONE}_checkpoint.prev.pth", f"{DONE}_best.pth", f"{DONE}.lock",
+            f"{DONE}_checkpoint.pth.corrupt-20240101_000000", f".{DONE}_checkpoint.pth.k2j4h5g6.tmp",
+        )
+    } | {f"results/{DONE}_20240301_101010.json", f"results/.{DONE}_20240301_101010.json.abcd1234.tmp"}
+    assert out.startswith("will delete 8 files of 1 experiment:\n") and out.endswith("deleted 8 files\n")
+    assert all(f"  {name}" in out for name in gone)
+    assert R.find_completed("results", DONE_LONGER) is not None  # the prefix-sharing ID is untouched
+
+
+def test_clean_checkpoints_only_keeps_results(lab, capsys):
+    assert main(["clean", DONE, HALF, "--checkpoints-only", "--yes"]) == 0
+    left = snapshot(lab)
+    assert f"results/{DONE}_20240301_101010.json" in left
+    assert not any(name.startswith((f"checkpoints/{DONE}_", f"checkpoints/{HALF}_")) for name in left)
+    assert "of 2 experiments" in capsys.readouterr().out
+
+
+def test_clean_refuses_running_experiment_and_deletes_nothing(lab, capsys):
+    before = snapshot(lab)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, sys.argv[1]); from fastzhang.lock import ExperimentLock\n"
+         f"with ExperimentLock('checkpoints', '{RUNNING}'):\n    print('locked', flush=True); time.sleep(120)",
+         str(ROOT)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(lab)
+        assert main(["clean", "--all", "--yes"]) == 3
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    captured = capsys.readouterr()
+    assert f"experiment {RUNNING} is already running in another process (pid {holder.pid}" in captured.err
+    assert snapshot(lab) == before
+
+
+def test_clean_without_terminal_refuses(lab):
+    before = snapshot(lab)
+    run = subprocess.run(
+        [sys.executable, "-m", "fastzhang", "clean", HALF], cwd=lab, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 2
+    assert "refusing to delete without confirmation (stdin is not a terminal); pass --yes" in run.stderr
+    assert f"checkpoints/{HALF}_checkpoint.pth" in run.stdout
+    assert snapshot(lab) == before
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("answer, code", [("y\n", 0), ("n\n", 1), ("", 1)])
+def test_clean_asks_on_a_terminal(lab, monkeypatch, capsys, answer, code):
+    monkeypatch.setattr(sys, "stdin", FakeTerminal(answer))
+    assert main(["clean", HALF]) == code
+    out = capsys.readouterr().out
+    assert "delete these 2 files? [y/N]" in out
+    assert C.latest_path("checkpoints", HALF).exists() == (code != 0)
+
+
+def test_clean_all_and_argument_errors(lab, capsys):
+    (lab / "results" / "summary.json").write_text("{}")
+    assert main(["clean", "--all", "--yes"]) == 0
+    assert snapshot(lab) == {"results/summary.json": b"{}"}  # only the foreign file is left
+    assert main(["clean", "--yes"]) == 2
+    assert main(["clean", HALF, "--all", "--yes"]) == 2
+    assert main(["clean", "../etc", "--yes"]) == 2
+    assert main(["clean", "never_ran", "--yes"]) == 0
+    captured = capsys.readouterr()
+    assert "give experiment IDs or --all" in captured.err and "no files for experiment never_ran" in captured.err
+    assert captured.out.endswith("nothing to delete\n")
