@@ -1,6 +1,50 @@
-"""`fastzhang data` (placeholder until its issue lands)."""
+"""`fastzhang data info`: where the data set was found, what it holds, which one it is."""
+
+from __future__ import annotations
+
+import time
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("fastzhang data: not yet available") or 1)
+    p = sub.add_parser("data", help="inspect the data set (where it is, counts, fingerprint)")
+    actions = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = actions.add_parser("info", help="find (or download) the data set and describe it")
+    info.add_argument("--data-dir", default=None,
+                      help="folder with CIFAR-10 (default: $FASTZHANG_DATA, else ./data)")
+    info.add_argument("--dataset", choices=("cifar10", "synthetic"), default="cifar10")
+    info.add_argument("--no-download", action="store_true", help="fail instead of downloading when absent")
+    info.set_defaults(func=run_info)
+
+
+def run_info(args) -> int:
+    from fastzhang.data.cifar import load_dataset
+
+    start = time.perf_counter()
+    arrays = load_dataset(args.dataset, args.data_dir, download=not args.no_download)
+    seconds = time.perf_counter() - start
+    print("\n".join(describe(arrays, seconds)))
+    return 0
+
+
+def describe(arrays, seconds: float | None = None) -> list[str]:
+    """The lines `data info` prints, from a CifarArrays."""
+    import numpy as np
+
+    from fastzhang.data.cifar import CLASSES
+
+    lines = [f"source:       {arrays.source}", f"layout:       {arrays.layout}"]
+    if arrays.batches_dir and arrays.batches_dir != arrays.source:
+        lines.append(f"extracted to: {arrays.batches_dir}")
+    lines += [f"train images: {len(arrays.train_labels):,}", f"test images:  {len(arrays.test_labels):,}"]
+    if seconds is not None:
+        lines.append(f"load time:    {seconds:.2f} s")
+    train = np.bincount(arrays.train_labels, minlength=len(CLASSES))
+    test = np.bincount(arrays.test_labels, minlength=len(CLASSES))
+    lines.append(f"{'class':<14}{'train':>8}{'test':>8}")
+    for k, name in enumerate(CLASSES):
+        lines.append(f"{k} {name:<12}{train[k]:>8,}{test[k]:>8,}")
+    lines.append(f"fingerprint:          {arrays.fingerprint}  ({arrays.fingerprint_name or 'unknown data set'})")
+    if arrays.content_fingerprint:
+        name = arrays.content_fingerprint_name or "unknown images and labels"
+        lines.append(f"content fingerprint:  {arrays.content_fingerprint}  ({name}; order-independent)")
+    return lines

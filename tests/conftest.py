@@ -1,0 +1,244 @@
+"""Shared fixtures: tiny CIFAR-10 folders in every official layout, and an isolated cache.
+
+`make_cifar_dir(tmp_path, layout, per_batch=20)` writes a data folder that the
+loader reads exactly like the real one (python pickles in the official Python 2
+style, the binary records, or the gzip tarball) and returns the arrays it holds,
+so a test compares what was loaded with what was written. Load it with
+`load_cifar10(fx.root, per_batch=fx.per_batch)`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LAYOUTS = ("python", "binary", "tarball")
+PY_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+BIN_FILES = tuple(f"{n}.bin" for n in PY_FILES)
+CLASSES = (b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck")
+_USER_CACHE = {k: os.environ.get(k) for k in ("FASTZHANG_CACHE", "XDG_CACHE_HOME", "HOME")}
+
+
+@dataclass
+class CifarFixture:
+    root: Path  # the data folder to hand to the loader
+    path: Path  # the batches folder or the tarball inside it
+    layout: str
+    per_batch: int
+    train_images: np.ndarray  # uint8 [5 * per_batch, 3, 32, 32]
+    train_labels: np.ndarray  # int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    def arrays(self):
+        return self.train_images, self.train_labels, self.test_images, self.test_labels
+
+
+def cifar_arrays(per_batch: int = 20, seed: int = 0):
+    """(train_x, train_y, test_x, test_y) shaped like CIFAR-10 with 5 * per_batch / per_batch images."""
+    g = np.random.default_rng(seed)
+    n_train = 5 * per_batch
+    train_x = g.integers(0, 256, size=(n_train, 3, 32, 32), dtype=np.uint8)
+    test_x = g.integers(0, 256, size=(per_batch, 3, 32, 32), dtype=np.uint8)
+    train_y = g.permutation(np.arange(n_train, dtype=np.int64) % 10)
+    test_y = g.permutation(np.arange(per_batch, dtype=np.int64) % 10)
+    return train_x, train_y, test_x, test_y
+
+
+def numpy_preprocess(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Reference for data.preprocess in float64 numpy: scale to [0, 1], crop 28x28 at
+    (dy, dx), then (x - mean) / max(std, 1/sqrt(28*28*3)) per image (population std)."""
+    out = []
+    for img, (dy, dx) in zip(images, offsets):
+        x = img[:, dy:dy + 28, dx:dx + 28].astype(np.float64) / 255.0
+        out.append((x - x.mean()) / max(x.std(), 1.0 / math.sqrt(28 * 28 * 3)))
+    return np.stack(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Pickles as the official release has them: protocol 2, written by Python 2
+
+
+class Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it: bytes as BINSTRING (not _codecs.encode), numpy.core paths."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes((n,)) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(head + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_bytes
+
+    def save_py2_str(self, obj: str) -> None:  # Python 2 str (numpy's dtype codes) was bytes
+        self.save_py2_bytes(obj.encode("ascii")) if obj.isascii() else pickle._Pickler.save_str(self, obj)
+
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if getattr(obj, "__name__", None) == "_reconstruct":  # numpy 2 says numpy._core
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def py2_pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def batch_dict(images: np.ndarray, labels: np.ndarray, name: str, style: str = "py2") -> dict:
+    data = np.ascontiguousarray(images.reshape(len(images), -1))
+    fnames = [f"img_{i:05d}.png" for i in range(len(labels))]
+    entries = {"batch_label": name, "labels": [int(v) for v in labels], "data": data, "filenames": fnames}
+    if style == "py2":  # Python 2 str is bytes: keys, batch label and file names
+        return {k.encode(): (v.encode() if isinstance(v, str) else [f.encode() for f in v] if k == "filenames" else v)
+                for k, v in entries.items()}
+    return entries
+
+
+def dump_batch(obj, style: str = "py2") -> bytes:
+    """py2: the official files' form; py3: a re-pickled copy (protocol 4, str keys)."""
+    return py2_pickle(obj) if style == "py2" else pickle.dumps(obj, protocol=4)
+
+
+# ------------------------------------------------------------------------------------------
+# Writers
+
+
+def _split(arrays, per_batch):
+    train_x, train_y, test_x, test_y = arrays
+    parts = [(train_x[i * per_batch:(i + 1) * per_batch], train_y[i * per_batch:(i + 1) * per_batch]) for i in range(5)]
+    return parts + [(test_x, test_y)]
+
+
+def write_python_dir(folder: Path, arrays, per_batch: int, style: str = "py2") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in zip(PY_FILES, _split(arrays, per_batch)):
+        (folder / name).write_bytes(dump_batch(batch_dict(x, y, name, style), style))
+    meta = {b"label_names": list(CLASSES), b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(py2_pickle(meta))
+    return folder
+
+
+def write_binary_dir(folder: Path, arrays, per_batch: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in zip(BIN_FILES, _split(arrays, per_batch)):
+        records = np.concatenate([y.astype(np.uint8)[:, None], x.reshape(len(x), -1)], axis=1)
+        (folder / name).write_bytes(records.tobytes())
+    (folder / "batches.meta.txt").write_text("\n".join(c.decode() for c in CLASSES) + "\n")
+    return folder
+
+
+def write_tarball(path: Path, arrays, per_batch: int, style: str = "py2", skip: tuple[str, ...] = ()) -> Path:
+    """The official tarball's shape: cifar-10-batches-py/<files>; `skip` leaves files out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, (x, y) in [*zip(PY_FILES, _split(arrays, per_batch))]:
+            if name in skip:
+                continue
+            blob = dump_batch(batch_dict(x, y, name, style), style)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def make_cifar_dir(tmp_path: Path, layout: str = "python", *, per_batch: int = 20, seed: int = 0,
+                   style: str = "py2", name: str | None = None) -> CifarFixture:
+    """A data folder `tmp_path/<name or data-layout>` holding a tiny CIFAR-10 in `layout`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    arrays = cifar_arrays(per_batch, seed)
+    root = tmp_path / (name or f"data-{layout}")
+    if layout == "python":
+        path = write_python_dir(root / "cifar-10-batches-py", arrays, per_batch, style)
+    elif layout == "binary":
+        path = write_binary_dir(root / "cifar-10-batches-bin", arrays, per_batch)
+    else:
+        path = write_tarball(root / "cifar-10-python.tar.gz", arrays, per_batch, style)
+    return CifarFixture(root, path, layout, per_batch, *arrays)
+
+
+# ------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test extracts into its own cache, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("fastzhang-cache")
+    monkeypatch.setenv("FASTZHANG_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def make_cifar(tmp_path):
+    """Factory: make_cifar("binary", per_batch=20, seed=1) -> CifarFixture under tmp_path."""
+    return lambda layout="python", **kw: make_cifar_dir(tmp_path, layout, **kw)
+
+
+@pytest.fixture(params=LAYOUTS)
+def cifar_any(request, tmp_path) -> CifarFixture:
+    """The same tiny data set once per layout."""
+    return make_cifar_dir(tmp_path, request.param)
+
+
+@pytest.fixture
+def cifar_python(tmp_path) -> CifarFixture:
+    return make_cifar_dir(tmp_path, "python")
+
+
+@pytest.fixture
+def cifar_binary(tmp_path) -> CifarFixture:
+    return make_cifar_dir(tmp_path, "binary")
+
+
+@pytest.fixture
+def cifar_tarball(tmp_path) -> CifarFixture:
+    return make_cifar_dir(tmp_path, "tarball")
+
+
+def find_shared_cifar() -> Path | None:
+    """The real CIFAR-10: $FASTZHANG_DATA if it holds it, else ../shared/data beside the repo."""
+    for candidate in (os.environ.get("FASTZHANG_DATA"), REPO.parent / "shared" / "data"):
+        if not candidate:
+            continue
+        p = Path(candidate)
+        if (p / "cifar-10-python.tar.gz").is_file() or (p / "cifar-10-batches-py").is_dir():
+            return p
+    return None
+
+
+@pytest.fixture
+def shared_cifar() -> Path:
+    """Path of the real CIFAR-10, or skip the test."""
+    path = find_shared_cifar()
+    if path is None:
+        pytest.skip("real CIFAR-10 not found (set FASTZHANG_DATA or provide ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def user_env() -> dict:
+    """os.environ with the user's own cache settings (a real-data test reuses their extraction)."""
+    env = dict(os.environ)
+    for key, value in _USER_CACHE.items():
+        env.pop(key, None)
+        if value is not None:
+            env[key] = value
+    return env
