@@ -17,8 +17,15 @@ from fastzhang.errors import FastZhangError
 SUBCOMMANDS = ("run", "status", "clean", "batch", "report", "models", "data")
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad flags get one line and exit code 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fastzhang", description="Zhang et al. 2017 on CIFAR-10: train, resume, report."
     )
     parser.add_argument("--version", action="version", version=f"fastzhang {__version__}")

@@ -1,0 +1,208 @@
+"""The training loop: epochs of SGD over the resident data set, resumable at any step.
+
+All mutable training state lives in one `Run`; `train/state.py` turns it into
+a checkpoint payload and back. The loop knows nothing about files: it calls
+`save(mid_epoch: bool)` when a checkpoint is due and `stop_requested()` after
+every step, and returns when the run is finished or interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
+from fastzhang.models import build_model
+from fastzhang.train.fastpath import Speed, TrainStep, evaluate
+
+METRIC_KEYS = (
+    "epochs", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+    "epoch_seconds", "images_per_second", "steps",
+)
+EVAL_BATCH = 1000
+
+
+@dataclass
+class Run:
+    """Everything that changes while training; restored whole from a checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = 0  # epochs fully completed
+    step_in_epoch: int = 0  # steps done in epoch + 1
+    global_step: int = 0
+    best_test_acc: float = 0.0
+    metrics: dict = field(default_factory=lambda: {k: [] for k in METRIC_KEYS})
+    partial: dict = field(default_factory=dict)  # device sums of the unfinished epoch
+    fit_epoch: int | None = None
+    fit_step: int | None = None
+    wandb_run_id: str | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.fit_epoch is not None
+
+
+def build_run(cfg, device: torch.device, speed: Speed) -> Run:
+    """Fresh model, SGD with momentum, and the per-epoch exponential decay of Appendix A.
+
+    Weight decay, when set, applies to every trainable tensor (PyTorch's SGD
+    convention); the paper gives no value (recipes state 5e-4 as a choice).
+    """
+    model = build_model(cfg.model, seed=cfg.seed).to(device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # On CUDA graphs the learning rate must live on the device so that the
+    # scheduler's updates reach the captured step; fused SGD accepts a tensor lr.
+    lr = torch.tensor(cfg.effective_lr, device=device) if speed.cuda_graphs else cfg.effective_lr
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        fused=True if speed.cuda_graphs else None,
+    )
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
+    return Run(model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+def current_lr(run: Run) -> float:
+    return float(run.optimizer.param_groups[0]["lr"])
+
+
+@dataclass
+class Hooks:
+    """How the loop talks to the outside world (files, signals, logging, progress)."""
+
+    save: Callable[[bool], None]  # save(mid_epoch)
+    stop_requested: Callable[[], bool] = lambda: False
+    on_epoch: Callable[[dict], None] = lambda row: None
+    checkpoint_every_steps: int | None = None
+    quiet: bool = False
+
+
+def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
+    """Train until the target epoch or the fit threshold; False if interrupted by a stop request."""
+    step_fn = TrainStep(run.model, run.optimizer, speed)
+    while run.epoch < cfg.epochs and not run.fitted:
+        if not _train_epoch(cfg, run, data, loader, speed, step_fn, hooks):
+            return False
+        row = _finish_epoch(cfg, run, data, speed)
+        hooks.save(False)
+        hooks.on_epoch(row)
+        if hooks.stop_requested():
+            return run.epoch >= cfg.epochs or run.fitted
+    return True
+
+
+def _train_epoch(cfg, run: Run, data, loader, speed: Speed, step_fn: TrainStep, hooks: Hooks) -> bool:
+    """Run the remaining steps of epoch run.epoch + 1; False if a stop was requested."""
+    epoch = run.epoch + 1
+    device = data.train_x.device
+    n = data.train_x.shape[0]
+    steps = steps_per_epoch(n, cfg.batch_size)
+    plan = epoch_plan(cfg.seed, epoch, n, cfg.random_crop, device)
+    if not run.partial:
+        run.partial = _empty_partial(device)
+    sums = run.partial
+    resumed_at = run.step_in_epoch
+    start = time.perf_counter()
+    bar = tqdm(
+        total=steps, initial=resumed_at, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
+        disable=hooks.quiet, leave=False, dynamic_ncols=True,
+    )
+    display = _Display(bar, sums, device)
+    run.model.train()
+    for step in range(resumed_at, steps):
+        x, y = loader(plan, step)
+        step_fn(x, y, sums["loss_sum"], sums["correct"])
+        sums["seen"] += y.shape[0]
+        run.step_in_epoch = step + 1
+        run.global_step += 1
+        display.update(step + 1 - resumed_at, time.perf_counter() - start)
+        if hooks.stop_requested():
+            sums["seconds"] += time.perf_counter() - start
+            bar.close()
+            hooks.save(True)
+            return False
+        every = hooks.checkpoint_every_steps
+        if every and run.global_step % every == 0 and step + 1 < steps:
+            sums["seconds"] += time.perf_counter() - start
+            start = time.perf_counter()
+            hooks.save(True)
+    sums["seconds"] += time.perf_counter() - start
+    bar.close()
+    return True
+
+
+def _empty_partial(device: torch.device) -> dict:
+    return {
+        "loss_sum": torch.zeros((), dtype=torch.float32, device=device),
+        "correct": torch.zeros((), dtype=torch.int64, device=device),
+        "seen": 0,
+        "seconds": 0.0,
+    }
+
+
+class _Display:
+    """Progress-bar postfix without stalling the device.
+
+    The device sums are copied to pinned host memory asynchronously and shown
+    one refresh later, so the bar never forces a host synchronization.
+    """
+
+    EVERY = 20
+
+    def __init__(self, bar: tqdm, sums: dict, device: torch.device):
+        self.bar, self.sums = bar, sums
+        self.pin = device.type == "cuda"
+        self.host = torch.zeros(2, dtype=torch.float64, pin_memory=self.pin)
+        self.shown_seen = 0
+
+    def update(self, steps_done: int, seconds: float) -> None:
+        self.bar.update(1)
+        if self.bar.disable or steps_done % self.EVERY:
+            return
+        loss, correct = self.host.tolist()
+        if self.shown_seen:
+            self.bar.set_postfix(
+                loss=f"{loss / self.shown_seen:.3f}", acc=f"{100 * correct / self.shown_seen:.1f}%",
+                img_s=f"{self.sums['seen'] / max(seconds, 1e-9):.0f}", refresh=False,
+            )
+        stacked = torch.stack([self.sums["loss_sum"].double(), self.sums["correct"].double()])
+        self.host.copy_(stacked, non_blocking=self.pin)
+        self.shown_seen = self.sums["seen"]
+
+
+def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
+    """Evaluate, record the epoch's metrics, step the schedule; returns the epoch's row."""
+    epoch = run.epoch + 1
+    sums = run.partial
+    seen = max(sums["seen"], 1)
+    train_loss = sums["loss_sum"].item() / seen  # the epoch's one host sync for training
+    train_acc = 100.0 * sums["correct"].item() / seen
+    eval_size = max(EVAL_BATCH, cfg.batch_size)
+    test_loss, test_acc = evaluate(
+        run.model,
+        eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
+                     channels_last=speed.channels_last),
+        speed,
+    )
+    seconds = sums["seconds"]
+    row = {
+        "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+        "test_acc": test_acc, "lr": current_lr(run), "epoch_seconds": seconds,
+        "images_per_second": sums["seen"] / seconds if seconds > 0 else math.nan,
+        "steps": run.global_step,
+    }
+    for key in METRIC_KEYS:
+        run.metrics[key].append(row[key])
+    run.best_test_acc = max(run.best_test_acc, test_acc)
+    if cfg.stop_at_train_acc is not None and train_acc >= cfg.stop_at_train_acc:
+        run.fit_epoch, run.fit_step = epoch, run.global_step
+    run.scheduler.step()
+    run.epoch, run.step_in_epoch, run.partial = epoch, 0, {}
+    return row
