@@ -138,7 +138,8 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ExperimentConfig)}
 
 
 def _type_name(value: Any) -> str:
-    return {list: "list", dict: "mapping", str: "string", bool: "boolean", type(None): "null"}.get(
+    return {list: "list", dict: "mapping", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(
         type(value), type(value).__name__
     )
 

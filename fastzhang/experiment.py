@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,7 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, start: dict | None, 
 
     latest = checkpoint.latest_path(opts.checkpoint_dir, cfg.experiment_id)
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
-    logger = _WandbLogger(wandb, cfg, run) if wandb else None
+    logger = _WandbLogger(wandb, cfg, run, quiet=opts.quiet) if wandb else None
 
     def save(mid_epoch: bool) -> None:
         payload = state.to_payload(run, cfg, arrays.fingerprint)
@@ -265,13 +266,14 @@ def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:
 class _WandbLogger:
     """Config and per-epoch metrics to W&B; a resumed run continues the same W&B run."""
 
-    def __init__(self, wandb, cfg: ExperimentConfig, run):
+    def __init__(self, wandb, cfg: ExperimentConfig, run, quiet: bool):
         self.wandb = wandb
         if run.wandb_run_id is None:
-            run.wandb_run_id = wandb.util.generate_id()
+            run.wandb_run_id = uuid.uuid4().hex[:16]  # kept in the checkpoint so a resume continues it
         self.handle = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "fastzhang"), id=run.wandb_run_id, resume="allow",
             name=cfg.experiment_id, config={**cfg.to_dict(), "lr": cfg.effective_lr},
+            settings=wandb.Settings(silent=quiet),
         )
 
     def log(self, row: dict) -> None:
