@@ -20,11 +20,11 @@ step that consumes its output.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 
 import torch
 
+from fastzhang.data.batches import steps_per_epoch
 from fastzhang.data.preprocess import CROP, MIN_STD
 from fastzhang.errors import UsageError
 
@@ -82,7 +82,9 @@ class DaliLoader:
         if data.train_x.device.type != self.device.type:
             raise UsageError(f"device: the data lives on {data.train_x.device}, the loader was asked for {self.device}")
         on_gpu = self.device.type == "cuda"
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if on_gpu else None
+        device_id = None  # None: a CPU-only pipeline
+        if on_gpu:
+            device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         threads = num_threads or max(1, min(4, os.cpu_count() or 1))
         self._pipe = _build_pipeline("gpu" if on_gpu else "cpu", batch_size, threads, device_id)
         self._plan = None
@@ -101,7 +103,7 @@ class DaliLoader:
         n, num_train = plan.order.shape[0], self.data.train_x.shape[0]
         if n != num_train:
             raise ValueError(f"epoch plan covers {n} images but the data set has {num_train}")
-        steps = math.ceil(n / self.batch_size)
+        steps = steps_per_epoch(n, self.batch_size)
         if not 0 <= step < steps:
             raise ValueError(f"step {step} outside 0..{steps - 1}")
         lo, hi = step * self.batch_size, min((step + 1) * self.batch_size, n)

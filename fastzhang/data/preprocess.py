@@ -27,22 +27,33 @@ def center_offsets(batch: int, device: torch.device | str = "cpu") -> torch.Tens
 
 
 def crop(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Crop uint8 [B, 3, 32, 32] to [B, 3, 28, 28] at per-image (dy, dx) offsets, in one gather."""
-    b = images.shape[0]
-    ar = torch.arange(CROP, device=images.device)
-    rows = (offsets[:, 0:1] + ar).view(b, 1, CROP, 1)
-    cols = (offsets[:, 1:2] + ar).view(b, 1, 1, CROP)
-    batch_idx = torch.arange(b, device=images.device).view(b, 1, 1, 1)
-    chan_idx = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
-    return images[batch_idx, chan_idx, rows, cols]
+    """Crop uint8 [B, 3, 32, 32] to [B, 3, 28, 28] at per-image (dy, dx) offsets, in one gather.
+
+    A strided view lists every 28x28 window of every image ([B, 5, 5, 3, 28, 28],
+    no copy); indexing it by (image, dy, dx) copies just the chosen windows. This
+    is ~5x faster on CPU than a 4-index gather (bench/NOTES.md).
+    """
+    images = images.contiguous()
+    b, c = images.shape[0], images.shape[1]
+    span = MAX_OFFSET + 1
+    windows = images.as_strided(
+        (b, span, span, c, CROP, CROP),
+        (c * IMAGE_SIZE * IMAGE_SIZE, IMAGE_SIZE, 1, IMAGE_SIZE * IMAGE_SIZE, IMAGE_SIZE, 1),
+    )
+    return windows[torch.arange(b, device=images.device), offsets[:, 0], offsets[:, 1]]
 
 
-def whiten(x: torch.Tensor) -> torch.Tensor:
-    """Per-image standardization of float [B, C, H, W] (TensorFlow's definition)."""
+def whiten(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Per-image standardization of float [B, C, H, W] (TensorFlow's definition).
+
+    `scale` is the unit of x (255 for raw pixel values): standardizing x/scale is
+    (x - mean) / max(std, scale * MIN_STD), so the division by 255 costs no pass.
+    Two passes: the deviations, then their norm; both in place on a new tensor.
+    """
     flat = x.reshape(x.shape[0], -1)
-    mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, correction=0, keepdim=True).clamp_min(MIN_STD)
-    return ((flat - mean) / std).view_as(x)
+    dev = flat - flat.mean(dim=1, keepdim=True)
+    std = torch.linalg.vector_norm(dev, dim=1, keepdim=True).div_(math.sqrt(flat.shape[1]))
+    return dev.div_(std.clamp_min_(scale * MIN_STD)).view_as(x)
 
 
 def preprocess(
@@ -57,7 +68,7 @@ def preprocess(
     Whitening is computed in float32 whatever the output dtype, so a bf16 batch is
     the float32 batch rounded once.
     """
-    x = whiten(crop(images, offsets).float().div_(255.0))
+    x = whiten(crop(images, offsets).float(), scale=255.0)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x.to(dtype)

@@ -1,0 +1,119 @@
+"""The DALI loader gives the torch path's batches: same plan, same offsets, same values."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fastzhang.data import dali
+from fastzhang.data.preprocess import MIN_STD, preprocess
+from fastzhang.errors import UsageError
+
+needs_dali = pytest.mark.skipif(not dali.available(),
+                                reason="nvidia-dali is not installed (pip install 'fastzhang[dali]')")
+BF16_UNIT_ROUNDOFF = 2.0**-8
+
+
+def resident(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(
+        train_x=torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_y=torch.randint(0, 10, (n,), generator=g),
+    )
+
+
+def plan(n=300, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(order=torch.randperm(n, generator=g), offsets=torch.randint(0, 5, (n, 2), generator=g))
+
+
+def expected(data, p, lo, hi, **kw):
+    idx = p.order[lo:hi]
+    return preprocess(data.train_x[idx], p.offsets[lo:hi], **kw), data.train_y[idx]
+
+
+@needs_dali
+def test_every_batch_of_an_epoch_matches_preprocess():
+    data, p = resident(), plan()
+    loader = dali.DaliLoader(data, 128, device="cpu")
+    for step, (lo, hi) in enumerate([(0, 128), (128, 256), (256, 300)]):  # the last batch holds 300 mod 128
+        x, y = loader.train_batch(p, step)
+        want_x, want_y = expected(data, p, lo, hi)
+        assert x.shape == (hi - lo, 3, 28, 28) and x.dtype == torch.float32 and x.is_contiguous()
+        torch.testing.assert_close(x, want_x, rtol=0, atol=1e-5)
+        assert torch.equal(y, want_y)
+
+
+@needs_dali
+def test_a_step_is_the_same_whatever_came_before():
+    data, p = resident(), plan()
+    first = dali.DaliLoader(data, 128, device="cpu")
+    for step in range(3):
+        sequential = first.train_batch(p, step)[0]
+    # Another epoch: same order, other offsets. Its offsets must be used, then dropped again.
+    other = SimpleNamespace(order=p.order, offsets=(p.offsets + 1) % 5)
+    fresh = dali.DaliLoader(data, 128, device="cpu")
+    other_x = fresh.train_batch(other, 2)[0]
+    torch.testing.assert_close(other_x, expected(data, other, 256, 300)[0], rtol=0, atol=1e-5)
+    assert torch.equal(fresh.train_batch(p, 2)[0], sequential)
+
+
+@needs_dali
+def test_bfloat16_channels_last_is_the_float32_batch_rounded_once():
+    data, p = resident(), plan()
+    x, _ = dali.DaliLoader(data, 128, device="cpu").train_batch(p, 1, dtype=torch.bfloat16, channels_last=True)
+    want16, _ = expected(data, p, 128, 256, dtype=torch.bfloat16, channels_last=True)
+    want32, _ = expected(data, p, 128, 256)
+    assert x.dtype == torch.bfloat16 and x.stride() == want16.stride() == (2352, 1, 84, 3)
+    err = (x.float() - want32).abs()
+    assert bool((err <= BF16_UNIT_ROUNDOFF * want32.abs() + 1e-5).all()), float(err.max())
+    assert (x != want16).float().mean().item() < 1e-3  # only float32 rounding ties may differ
+
+
+@needs_dali
+def test_flat_images_use_the_std_floor():
+    data = SimpleNamespace(train_x=torch.full((2, 3, 32, 32), 200, dtype=torch.uint8), train_y=torch.tensor([3, 4]))
+    data.train_x[1, 2, 5, 7] = 201  # std ~ 8e-5, far below the floor 1/sqrt(N)
+    p = SimpleNamespace(order=torch.tensor([0, 1]), offsets=torch.tensor([[4, 4], [1, 3]]))
+    x, y = dali.DaliLoader(data, 2, device="cpu").train_batch(p, 0)
+    # A flat image whitens to zero, up to the float32 rounding of its mean (as in preprocess).
+    torch.testing.assert_close(x[0], torch.zeros(3, 28, 28), rtol=0, atol=1e-5)
+    crop = data.train_x[1, :, 1:29, 3:31].float() / 255
+    torch.testing.assert_close(x[1], (crop - crop.mean()) / MIN_STD, rtol=0, atol=1e-5)
+    assert torch.equal(y, torch.tensor([3, 4]))
+
+
+@needs_dali
+@pytest.mark.parametrize("random_crop", [True, False])
+def test_matches_the_resident_torch_loader(random_crop):
+    batches = pytest.importorskip("fastzhang.data.batches", reason="fastzhang.data.batches is not available")
+    from fastzhang.data.synthetic import make_synthetic
+
+    data = batches.ResidentData.build(make_synthetic(260, 10), randomization="none", corrupt_prob=0.0, seed=3,
+                                      train_subset=None, device="cpu")
+    loader = dali.DaliLoader(data, 100, device="cpu")
+    for epoch in (1, 2):
+        p = batches.epoch_plan(5, epoch, 260, random_crop, "cpu")
+        for step in range(batches.steps_per_epoch(260, 100)):
+            want_x, want_y = batches.train_batch(data, p, step, 100, dtype=torch.float32, channels_last=False)
+            x, y = loader.train_batch(p, step)
+            torch.testing.assert_close(x, want_x, rtol=0, atol=1e-5)
+            assert torch.equal(y, want_y)
+
+
+@needs_dali
+def test_bad_step_and_device_are_refused():
+    data, p = resident(), plan()
+    loader = dali.DaliLoader(data, 128, device="cpu")
+    with pytest.raises(ValueError, match=r"step 3 outside 0..2"):
+        loader.train_batch(p, 3)
+    with pytest.raises(ValueError, match="epoch plan covers 200 images but the data set has 300"):
+        loader.train_batch(plan(n=200), 0)
+    with pytest.raises(UsageError, match="device: the data lives on cpu"):
+        dali.DaliLoader(data, 128, device="cuda")
+
+
+def test_missing_dali_is_a_usage_error_with_the_install_hint(monkeypatch):
+    monkeypatch.setattr(dali, "available", lambda: False)
+    with pytest.raises(UsageError, match=r"needs nvidia-dali: pip install 'fastzhang\[dali\]'"):
+        dali.DaliLoader(resident(), 128, device="cpu")
