@@ -122,7 +122,9 @@ def is_held(checkpoint_dir: str | Path, experiment_id: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A shared probe: an exclusive flock on a read-only descriptor fails with
+        # EBADF over NFS, while a shared one conflicts with the holder's exclusive lock.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:

@@ -1,0 +1,203 @@
+"""The local backend: a pool of `fastzhang run` processes on this machine.
+
+Each run is its own process (`python -m fastzhang run --config R --quiet ...`),
+so a crash, an out-of-memory kill or a bad recipe ends one run and nothing
+else, and every guarantee of `run` (lock, completion check, checkpoints,
+signals) holds unchanged. With GPUs, each run sees one GPU through
+CUDA_VISIBLE_DEVICES (set before the child imports torch) and up to K runs share
+a GPU; without, N runs share the cores and each gets cores // N threads, so N
+workers do not oversubscribe the machine.
+
+Runs start in their own session: a Ctrl-C at the terminal reaches the batch
+only, which passes exactly one signal on to each run (two would make `run` give
+up without its checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import IO
+
+from fastzhang.batch.plan import (
+    BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
+    check_limits, pinned_device, split_completed, stop_signals,
+)
+
+COMPLETED_MARKER = "EXPERIMENT ALREADY COMPLETED"  # printed by `fastzhang run` (cli/run.py)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_POLL_SECONDS = 0.1
+
+
+@dataclass
+class _Running:
+    task: Task
+    proc: subprocess.Popen
+    log: IO[bytes]
+    gpu: str | None
+    started: float
+    output: str = ""
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (index or UUID)."""
+    import torch
+
+    count = torch.cuda.device_count()  # NVML when available: no CUDA context in the parent
+    if count == 0:
+        return []
+    given = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    tokens = [t.strip() for t in given.split(",") if t.strip()] if given else []
+    return tokens[:count] if tokens else [str(i) for i in range(count)]
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def capacity(gpus: list[str], runs_per_gpu: int, max_parallel: int | None) -> int:
+    """How many runs at once: K per GPU (capped by --max-parallel), else --max-parallel (default 1)."""
+    check_limits(runs_per_gpu, max_parallel)
+    if gpus:
+        return min(len(gpus) * runs_per_gpu, max_parallel or len(gpus) * runs_per_gpu)
+    return max_parallel or 1
+
+
+def worker_env(base: dict[str, str], *, gpu: str | None, threads: int) -> dict[str, str]:
+    """The child's environment: its one GPU, and a thread count unless the user chose one."""
+    env = dict(base)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    for name in THREAD_VARS:
+        env.setdefault(name, str(threads))
+    return env
+
+
+def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "fastzhang", "run", "--config", str(task.recipe), "--quiet",
+           "--checkpoint-dir", str(opts.checkpoint_dir), "--results-dir", str(opts.results_dir)]
+    if task.config.data_dir is not None:
+        cmd += ["--data-dir", task.config.data_dir]
+    device = pinned_device(task.config) if pinned else None
+    if device:
+        cmd += ["--device", device]
+    if opts.force:
+        cmd.append("--force")
+    return cmd
+
+
+def _pick_gpu(gpus: list[str], running: list[_Running], runs_per_gpu: int) -> str | None:
+    """The least loaded GPU with room for one more run."""
+    load = {g: 0 for g in gpus}
+    for r in running:
+        load[r.gpu] += 1
+    gpu = min(gpus, key=lambda g: load[g])
+    return gpu if load[gpu] < runs_per_gpu else None
+
+
+def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, max_parallel: int | None = None,
+              gpus: list[str] | None = None, title: str = "batch") -> BatchReport:
+    """Run `tasks` with the pool; `gpus` (CUDA_VISIBLE_DEVICES entries) defaults to those visible."""
+    check_limits(runs_per_gpu, max_parallel)
+    todo, skipped = split_completed(tasks, opts.results_dir, opts.force)
+    report = BatchReport(title, len(tasks), list(skipped))
+    if not todo:
+        return report
+    gpus = visible_gpus() if gpus is None else gpus
+    slots = capacity(gpus, runs_per_gpu, max_parallel)
+    threads = max(1, usable_cores() // slots)
+    progress = Progress(len(todo), opts.quiet)
+    where = f"{len(gpus)} GPU(s), up to {runs_per_gpu} per GPU" if gpus else f"CPU, {threads} thread(s) each"
+    progress.note(f"batch: {len(tasks)} experiment(s), {len(skipped)} already completed, "
+                  f"{len(todo)} to run, up to {slots} at once ({where})")
+    queue: deque[Task] = deque(todo)
+    running: list[_Running] = []
+
+    def pass_on(signum: int) -> None:
+        for r in running:
+            _signal_group(r.proc, signum)
+
+    with stop_signals(pass_on) as stop:
+        while running or (queue and stop.signum is None):
+            while queue and stop.signum is None and len(running) < slots:
+                gpu = _pick_gpu(gpus, running, runs_per_gpu) if gpus else None
+                if gpus and gpu is None:
+                    break
+                task = queue.popleft()
+                running.append(_launch(task, opts, gpu, threads))
+                progress.start(task, f"GPU {gpu}" if gpu is not None else "")
+            time.sleep(_POLL_SECONDS)
+            for r in [r for r in running if r.proc.poll() is not None]:
+                running.remove(r)
+                result = _finished(r, stop.signum)
+                _echo_output(r, result, progress)
+                progress.finish(result, len(running))
+        report.stop_signal = stop.signum
+    report.results += progress.results
+    return report
+
+
+def _launch(task: Task, opts: BatchOptions, gpu: str | None, threads: int) -> _Running:
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        run_command(task, opts, pinned=gpu is not None), env=worker_env(dict(os.environ), gpu=gpu, threads=threads),
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    return _Running(task, proc, log, gpu, time.monotonic())
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass  # already gone
+
+
+def _output(r: _Running) -> str:
+    r.log.seek(0)
+    text = r.log.read().decode("utf-8", "replace")
+    r.log.close()
+    return text
+
+
+def _finished(r: _Running, stop_signal: int | None) -> RunResult:
+    code = r.proc.returncode
+    text = _output(r)
+    r.output = text
+    seconds = time.monotonic() - r.started
+    where = f"GPU {r.gpu}" if r.gpu is not None else ""
+    if code == 0:
+        status = SKIPPED if COMPLETED_MARKER in text else RAN
+        return RunResult(r.task, status, 0, seconds=seconds, where=where)
+    if code == EXIT_LOCK_HELD:
+        return RunResult(r.task, BUSY, code, seconds=seconds, where=where)
+    if code < 0:  # killed by a signal: report it as the shell does (128 + signal)
+        code = 128 - code
+    if stop_signal is not None and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return RunResult(r.task, STOPPED, code, seconds=seconds, where=where)
+    return RunResult(r.task, FAILED, code, detail=_error_line(text), seconds=seconds, where=where)
+
+
+def _error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line.removeprefix("fastzhang: error:").strip() for line in lines if line.startswith("fastzhang: error:")]
+    return (errors or lines or [""])[-1]
+
+
+def _echo_output(r: _Running, result: RunResult, progress: Progress) -> None:
+    """The run's own lines, prefixed with its ID; failures are shown even with --quiet."""
+    if progress.quiet and result.status != FAILED:
+        return
+    for line in r.output.splitlines():
+        if line.strip():
+            progress.out(f"[{r.task.experiment_id}] {line}")
+

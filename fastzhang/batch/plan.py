@@ -1,0 +1,240 @@
+"""What a batch runs and how its runs are counted, shared by the local pool and Ray.
+
+    recipe files / folders -> one Task per experiment ID -> a RunResult per task -> summary
+
+Recipes are all loaded before anything runs, so a broken recipe refuses the
+whole batch (exit 2) instead of failing halfway through it. Recipes that define
+the same experiment (same ID) run once. The summary has the format of
+recipes/run_all_recipes.sh, so a make target reads either the same way.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from fastzhang import results
+from fastzhang.config import ExperimentConfig
+from fastzhang.errors import UsageError
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+# RunResult.status values, in the summary's order.
+RAN, SKIPPED, BUSY, FAILED, STOPPED = "ran", "skipped", "busy", "failed", "stopped"
+EXIT_LOCK_HELD = 3
+
+
+@dataclass(frozen=True)
+class Task:
+    recipe: Path
+    config: ExperimentConfig
+
+    @property
+    def experiment_id(self) -> str:
+        return self.config.experiment_id
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe} ({self.experiment_id})"
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    checkpoint_dir: Path = Path("checkpoints")
+    results_dir: Path = Path("results")
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    task: Task
+    status: str  # RAN | SKIPPED | BUSY | FAILED | STOPPED
+    exit_code: int | None = None
+    detail: str = ""  # why it failed, one line
+    seconds: float = 0.0
+    where: str = ""  # the GPU, node or worker it ran on
+
+
+@dataclass
+class BatchReport:
+    title: str
+    total: int  # experiments in the batch, skipped ones included
+    results: list[RunResult] = field(default_factory=list)
+    stop_signal: int | None = None
+
+    def summary(self) -> str:
+        return format_summary(self.title, self.results, self.total, self.stop_signal)
+
+    def exit_code(self) -> int:
+        """0 nothing failed, 1 something failed, 128 + signal when stopped (as run_all_recipes.sh)."""
+        if self.stop_signal is not None:
+            return 128 + self.stop_signal
+        return 1 if any(r.status == FAILED for r in self.results) else 0
+
+
+# ------------------------------------------------------------------------------------------
+# Recipes -> tasks
+
+
+def recipe_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path as given: a recipe file, or every recipe under a folder (recursively, sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix in RECIPE_SUFFIXES and p.is_file())
+            if not inside:
+                raise UsageError(f"{path}: folder holds no recipes (*.yaml, *.yml)")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"{path}: no such recipe file or folder")
+    return found
+
+
+def collect(paths: Iterable[str | Path], overrides: Mapping[str, object] | None = None) -> tuple[list[Task], list[str]]:
+    """One Task per experiment ID, in the order given, and a note for each duplicate recipe."""
+    tasks: list[Task] = []
+    notes: list[str] = []
+    first: dict[str, Task] = {}
+    seen_files: set[Path] = set()
+    for path in recipe_files(paths):
+        if path.resolve() in seen_files:
+            continue  # the same file named twice (e.g. itself and its folder)
+        seen_files.add(path.resolve())
+        task = Task(path, ExperimentConfig.from_yaml(path, overrides=overrides))
+        if task.experiment_id in first:
+            notes.append(f"same experiment as {first[task.experiment_id].recipe}: {path} "
+                         f"({task.experiment_id}), runs once")
+            continue
+        first[task.experiment_id] = task
+        tasks.append(task)
+    return tasks, notes
+
+
+def split_completed(tasks: list[Task], results_dir: Path, force: bool) -> tuple[list[Task], list[RunResult]]:
+    """Tasks still to run, and results for those already completed (never launched)."""
+    if force:
+        return list(tasks), []
+    todo, done = [], []
+    for task in tasks:
+        if results.find_completed(results_dir, task.experiment_id):
+            done.append(RunResult(task, SKIPPED, 0))
+        else:
+            todo.append(task)
+    return todo, done
+
+
+def check_limits(runs_per_gpu: int, max_parallel: int | None) -> None:
+    if runs_per_gpu < 1:
+        raise UsageError(f"--runs-per-gpu must be >= 1; got {runs_per_gpu}")
+    if max_parallel is not None and max_parallel < 1:
+        raise UsageError(f"--max-parallel must be >= 1; got {max_parallel}")
+
+
+def pinned_device(cfg: ExperimentConfig) -> str | None:
+    """The device override for a run confined to one GPU: `cuda:N` names a GPU it cannot see."""
+    return "cuda" if cfg.device.startswith("cuda:") else None
+
+
+# ------------------------------------------------------------------------------------------
+# Progress and summary
+
+
+class Progress:
+    """One line when a run starts and one when it ends, with the batch's counts."""
+
+    def __init__(self, total: int, quiet: bool, out: Callable[[str], None] = print, running: str = "running"):
+        self.total, self.quiet, self.out, self.running_word = total, quiet, out, running
+        self.started = 0
+        self.results: list[RunResult] = []
+
+    def note(self, line: str) -> None:
+        if not self.quiet:
+            self.out(line)
+
+    def start(self, task: Task, where: str = "") -> None:
+        self.started += 1
+        self.note(f"== [{self.started}/{self.total}] {task.label}{' on ' + where if where else ''}")
+
+    def finish(self, result: RunResult, running: int) -> None:
+        self.results.append(result)
+        what = result.status if result.exit_code in (0, None) else f"{result.status} (exit {result.exit_code})"
+        failed = sum(r.status == FAILED for r in self.results)
+        self.note(f"== {what}: {result.task.label} after {result.seconds:.1f}s"
+                  f"{': ' + result.detail if result.detail else ''} | {len(self.results)}/{self.total} done, "
+                  f"{running} {self.running_word}, {failed} failed")
+
+
+def format_summary(title: str, runs: list[RunResult], total: int, stop_signal: int | None) -> str:
+    """The closing block of recipes/run_all_recipes.sh, line for line."""
+    by = {s: [r for r in runs if r.status == s] for s in (RAN, SKIPPED, BUSY, FAILED, STOPPED)}
+    head = (f"== summary for {title}: {len(by[RAN])} ran, {len(by[SKIPPED])} skipped (already completed), "
+            f"{len(by[BUSY])} busy elsewhere, {len(by[FAILED])} failed")
+    if stop_signal is not None:
+        head += f", {len(by[STOPPED])} stopped, {total - len(runs)} not started"
+    lines = ["", head]
+    sections = (
+        (BUSY, "busy elsewhere (another process holds the lock; rerun later to pick them up)"),
+        (STOPPED, f"stopped by {_signal_name(stop_signal)} (resume by rerunning)"),
+        (FAILED, "FAILED"),
+    )
+    for status, heading in sections:
+        if by[status]:
+            lines.append(f"{heading}:")
+            lines += [f"  {_failed_line(r) if status == FAILED else r.task.label}" for r in by[status]]
+    return "\n".join(lines)
+
+
+def _failed_line(r: RunResult) -> str:
+    line = f"{r.task.label}: exit {r.exit_code}"
+    return f"{line} ({r.detail})" if r.detail else line
+
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "a signal"
+
+
+# ------------------------------------------------------------------------------------------
+# Stop signals
+
+
+@dataclass
+class StopState:
+    signum: int | None = None  # the first signal received
+    count: int = 0
+    since: float = 0.0
+
+
+@contextmanager
+def stop_signals(on_signal: Callable[[int], None] | None = None):
+    """SIGINT / SIGTERM ask the batch to start no more runs and stop the running ones.
+
+    `on_signal(signum)` passes each signal on (the runs checkpoint on the first and
+    give up on a second, as `fastzhang run` does).
+    """
+    state = StopState()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state.signum is None:
+            state.signum, state.since = signum, time.monotonic()
+        state.count += 1
+        if on_signal is not None:
+            on_signal(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

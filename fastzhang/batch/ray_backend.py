@@ -1,0 +1,223 @@
+"""The Ray backend: each experiment is a Ray task on an existing cluster or a local instance.
+
+Ray places the tasks (a fraction 1/K of a GPU each, or one CPU) and retries a
+task whose worker died; our own guarantees make that safe. Every task calls
+`run_experiment`, which skips a completed experiment, resumes from the last
+checkpoint and holds the experiment's lock, so a retry continues where the dead
+worker stopped and a duplicate does no double work. Checkpoints and results go
+to folders every worker sees (absolute paths; on a cluster, a shared file
+system).
+
+Failures that are our own (FastZhangError: bad recipe, missing data, failed
+write) are answers, not crashes: the task returns them and Ray does not retry
+them. Only a dead worker (SIGKILL, OOM kill, lost node) is retried.
+
+A retry can find the lock still held by the attempt it replaces: flock is
+released when the killed process is gone, which on one machine is at once but
+on NFS can take until the dead client's lease expires. The task then waits up
+to LOCK_GRACE_SECONDS for the lock before it reports the experiment busy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+from fastzhang.batch.plan import (
+    BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
+    check_limits, pinned_device, split_completed, stop_signals,
+)
+from fastzhang.errors import UsageError
+
+MAX_RETRIES = 3  # attempts after a worker died
+LOCK_GRACE_SECONDS = 30.0
+_WAIT_SECONDS = 0.5
+_STOP_WAIT_SECONDS = 120.0  # how long stopped runs get to checkpoint before the driver leaves
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--backend ray needs the ray package: pip install 'fastzhang[ray]'") from None
+    return ray
+
+
+# ------------------------------------------------------------------------------------------
+# The task (runs in a Ray worker; plain values in, plain values out)
+
+
+def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: str | None,
+             lock_grace_s: float = LOCK_GRACE_SECONDS) -> dict:
+    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}."""
+    from fastzhang.config import ExperimentConfig
+    from fastzhang.errors import FastZhangError, LockHeld
+    from fastzhang.experiment import Interrupted, RunOptions, run_experiment
+
+    answer = {"pid": os.getpid(), "host": platform.node(), "results_path": None, "detail": ""}
+    try:
+        cfg = ExperimentConfig.from_mapping(config, source="batch task")
+        eid = cfg.experiment_id
+        force = force_mark is not None and not _started_since(Path(force_mark), Path(checkpoint_dir),
+                                                               Path(results_dir), eid)
+        opts = RunOptions(checkpoint_dir=Path(checkpoint_dir), results_dir=Path(results_dir), force=force, quiet=True)
+        deadline = time.monotonic() + lock_grace_s
+        while True:
+            _wait_for_lock(Path(checkpoint_dir), eid, deadline)
+            try:
+                outcome = run_experiment(cfg, opts)
+                break
+            except LockHeld:  # taken between the wait and the run
+                if time.monotonic() >= deadline:
+                    raise
+    except Interrupted as e:
+        return {**answer, "status": STOPPED, "exit_code": e.exit_code, "detail": str(e)}
+    except FastZhangError as e:
+        status = BUSY if e.exit_code == EXIT_LOCK_HELD else FAILED
+        return {**answer, "status": status, "exit_code": e.exit_code, "detail": str(e)}
+    status = RAN if outcome.status == "trained" else SKIPPED
+    return {**answer, "status": status, "exit_code": 0, "results_path": str(outcome.results_path)}
+
+
+def _wait_for_lock(checkpoint_dir: Path, eid: str, deadline: float) -> None:
+    """Until the experiment's lock is free or the deadline passes (run_experiment then says LockHeld).
+
+    Probes by taking the lock for a moment: on NFS an exclusive flock needs a file
+    open for writing, which ExperimentLock has.
+    """
+    from fastzhang.errors import LockHeld
+    from fastzhang.lock import ExperimentLock
+
+    while True:
+        try:
+            with ExperimentLock(checkpoint_dir, eid):
+                return
+        except LockHeld:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(_WAIT_SECONDS)
+
+
+def _started_since(mark: Path, checkpoint_dir: Path, results_dir: Path, eid: str) -> bool:
+    """Whether this batch already (re)started the experiment, so a retry must not --force again.
+
+    `mark` was touched by the driver when the batch began; comparing mtimes on the
+    same file system keeps clocks of different machines out of it.
+    """
+    from fastzhang import checkpoint, results
+
+    try:
+        since = mark.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    ours = [checkpoint.latest_path(checkpoint_dir, eid), *results.files_for(results_dir, eid)]
+    return any(p.exists() and p.stat().st_mtime >= since for p in ours)
+
+
+# ------------------------------------------------------------------------------------------
+# The driver
+
+
+def task_config(task: Task) -> dict:
+    """The task's config with paths the workers can use: absolute, relative to this directory."""
+    values = task.config.to_dict()
+    if task.config.dataset == "cifar10":
+        from fastzhang.data.download import resolve_data_dir
+
+        values["data_dir"] = str(resolve_data_dir(task.config.data_dir).resolve())
+    device = pinned_device(task.config)
+    if device:
+        values["device"] = device
+    return values
+
+
+def gpu_fraction(runs_per_gpu: int) -> float:
+    """1/K, rounded down to Ray's resource precision (1e-4) so that K tasks fit on one GPU."""
+    return int(10_000 / runs_per_gpu) / 10_000
+
+
+def run_ray(tasks: list[Task], opts: BatchOptions, *, address: str | None = None, runs_per_gpu: int = 1,
+            max_parallel: int | None = None, title: str = "batch") -> BatchReport:
+    """Run `tasks` as Ray tasks; joins a running Ray (this process's, `address`) or starts a local one."""
+    check_limits(runs_per_gpu, max_parallel)
+    ray = import_ray()
+    ckpt_dir, res_dir = opts.checkpoint_dir.resolve(), opts.results_dir.resolve()
+    opts = BatchOptions(ckpt_dir, res_dir, opts.force, opts.quiet)
+    todo, skipped = split_completed(tasks, res_dir, opts.force)
+    report = BatchReport(title, len(tasks), list(skipped))
+    if not todo:
+        return report
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address)
+    mark = _touch_mark(ckpt_dir) if opts.force else None
+    try:
+        report.results += _drive(ray, todo, opts, mark, runs_per_gpu, max_parallel, report)
+    finally:
+        if mark is not None:
+            mark.unlink(missing_ok=True)
+        if started_here:
+            ray.shutdown()
+    return report
+
+
+def _touch_mark(checkpoint_dir: Path) -> Path:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    mark = checkpoint_dir / f".fastzhang-batch-{uuid.uuid4().hex}.started"
+    mark.touch()
+    return mark
+
+
+def _drive(ray, todo: list[Task], opts: BatchOptions, mark: Path | None, runs_per_gpu: int,
+           max_parallel: int | None, report: BatchReport) -> list[RunResult]:
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(run_task)
+    progress = Progress(len(todo), opts.quiet, running="in flight (running or queued)")
+    progress.note(f"batch on Ray: {report.total} experiment(s), {report.total - len(todo)} already completed, "
+                  f"{len(todo)} to run ({'1/' + str(runs_per_gpu) + ' GPU' if has_gpus else '1 CPU'} each"
+                  f"{', up to ' + str(max_parallel) + ' at once' if max_parallel else ''})")
+    queue: deque[Task] = deque(todo)
+    in_flight: dict = {}  # ObjectRef -> (task, monotonic start)
+    cancelled = False
+    with stop_signals() as stop:
+        while in_flight or (queue and stop.signum is None):
+            while queue and stop.signum is None and len(in_flight) < (max_parallel or len(todo)):
+                task = queue.popleft()
+                gpus = gpu_fraction(runs_per_gpu) if has_gpus and task.config.device != "cpu" else 0
+                ref = remote.options(num_cpus=1, num_gpus=gpus, name=f"fastzhang:{task.experiment_id}").remote(
+                    task_config(task), str(opts.checkpoint_dir), str(opts.results_dir),
+                    str(mark) if mark else None)
+                in_flight[ref] = (task, time.monotonic())
+                progress.start(task)
+            if stop.signum is not None and not cancelled:
+                for ref in in_flight:
+                    ray.cancel(ref)  # not forced: the run gets SIGINT, checkpoints and returns
+                cancelled = True
+            if stop.signum is not None and (stop.count > 1 or time.monotonic() - stop.since > _STOP_WAIT_SECONDS):
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=_WAIT_SECONDS)
+            for ref in done:
+                task, start = in_flight.pop(ref)
+                progress.finish(_collect(ray, ref, task, time.monotonic() - start, cancelled), len(in_flight))
+        report.stop_signal = stop.signum
+    return progress.results + [RunResult(t, STOPPED, None) for t, _ in in_flight.values()]
+
+
+def _collect(ray, ref, task: Task, seconds: float, cancelled: bool) -> RunResult:
+    try:
+        answer = ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        return RunResult(task, STOPPED, None, seconds=seconds)
+    except ray.exceptions.RayError as e:  # retries used up, or a bug raised in the task
+        cause = getattr(e, "cause", None) or e
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return RunResult(task, FAILED, 1, detail=f"{type(cause).__name__}: {first}", seconds=seconds)
+    status = answer["status"]
+    if status == STOPPED and not cancelled:
+        status = FAILED  # stopped by someone else's signal: not part of this batch's stop
+    return RunResult(task, status, answer["exit_code"], detail=answer["detail"] if status == FAILED else "",
+                     seconds=seconds, where=f"{answer['host']} pid {answer['pid']}")
