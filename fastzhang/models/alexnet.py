@@ -1,0 +1,67 @@
+"""The paper's small AlexNet: the TensorFlow CIFAR-10 tutorial's network on 28x28 inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fastzhang.models.lrn import LocalResponseNorm
+
+
+def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
+    # tf.truncated_normal: redraw anything beyond two standard deviations.
+    nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+class SmallAlexNet(nn.Module):
+    """conv5x5(64) -> maxpool3x3/2 -> LRN -> conv5x5(64) -> LRN -> maxpool3x3/2 -> fc 384 -> 192 -> classes.
+
+    ReLU after every conv and hidden fully connected layer, "same" padding
+    (28 -> 14 -> 7), biases everywhere: 1,387,786 trainable parameters for 10
+    classes (Table 1). LRN is TensorFlow's (depth_radius 4, bias 1,
+    alpha 0.001/9, beta 0.75). PyTorch pads the stride-2 pools by one on both
+    sides, TensorFlow's SAME pads by one at the bottom/right only; the output
+    sizes are the same.
+
+    Initialization is the TensorFlow tutorial's (cifar10.py): truncated normal
+    weights (cut at 2 std) with std 5e-2 for both convs, 0.04 for the two
+    hidden fully connected layers and 1/192 for the classifier; biases 0 for
+    conv1, 0.1 for conv2 and the hidden fully connected layers, 0 for the
+    classifier. The tutorial trains it with plain SGD at lr 0.1, the same
+    effective step as the paper's lr 0.01 with momentum 0.9.
+    """
+
+    def __init__(self, num_classes: int = 10, make_lrn: Callable[[], nn.Module] = LocalResponseNorm) -> None:
+        super().__init__()
+        # `make_lrn` lets the benchmark swap in nn.LocalResponseNorm (lrn.torch_equivalent).
+        self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
+        self.pool1 = nn.MaxPool2d(3, stride=2, padding=1)
+        self.norm1 = make_lrn()
+        self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
+        self.norm2 = make_lrn()
+        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 384)
+        self.fc2 = nn.Linear(384, 192)
+        self.fc3 = nn.Linear(192, num_classes)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for layer, std, bias in (
+            (self.conv1, 5e-2, 0.0),
+            (self.conv2, 5e-2, 0.1),
+            (self.fc1, 0.04, 0.1),
+            (self.fc2, 0.04, 0.1),
+            (self.fc3, 1.0 / 192.0, 0.0),
+        ):
+            _trunc_normal(layer.weight, std)
+            layer.bias.fill_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(self.pool1(torch.relu(self.conv1(x))))
+        x = self.pool2(self.norm2(torch.relu(self.conv2(x))))
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
