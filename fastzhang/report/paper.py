@@ -1,0 +1,85 @@
+"""Zhang et al. 2017's numbers, and the rows and curves the report rebuilds, as data.
+
+Table 1's accuracies are kept as the paper prints them ("100.0", "99.90"), so the
+report quotes the paper exactly; `Table1Row.paper_train`/`paper_test` give floats.
+Source: the project's facts sheet on the paper (zhang2017-facts.md: Table 1, Figure 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_NAMES = {
+    "inception": "Inception",
+    "inception_no_bn": "Inception w/o BatchNorm",
+    "alexnet": "AlexNet",
+    "mlp3": "MLP 3x512",
+    "mlp1": "MLP 1x512",
+}
+
+CHANCE_ACC = 10.0  # percent: ten classes
+
+
+@dataclass(frozen=True)
+class Table1Row:
+    model: str  # config.model
+    randomization: str  # config.randomization: "none" or "random_labels"
+    random_crop: bool
+    weight_decay: bool  # any weight decay > 0 (the paper gives no value)
+    train: str  # the paper's train accuracy (%), as printed
+    test: str  # the paper's test accuracy (%), as printed
+
+    @property
+    def label(self) -> str:
+        name = MODEL_NAMES[self.model]
+        return f"{name}, random labels" if self.randomization == "random_labels" else name
+
+    @property
+    def paper_train(self) -> float:
+        return float(self.train)
+
+    @property
+    def paper_test(self) -> float:
+        return float(self.test)
+
+
+def _row(model: str, rand: str, crop: bool, wd: bool, train: str, test: str) -> Table1Row:
+    return Table1Row(model, rand, crop, wd, train, test)
+
+
+# Table 1 (CIFAR-10), in the paper's order.
+TABLE1 = (
+    _row("inception", "none", True, True, "100.0", "89.05"),
+    _row("inception", "none", True, False, "100.0", "89.31"),
+    _row("inception", "none", False, True, "100.0", "86.03"),
+    _row("inception", "none", False, False, "100.0", "85.75"),
+    _row("inception", "random_labels", False, False, "100.0", "9.78"),
+    _row("inception_no_bn", "none", False, True, "100.0", "83.00"),
+    _row("inception_no_bn", "none", False, False, "100.0", "82.00"),
+    _row("inception_no_bn", "random_labels", False, False, "100.0", "10.12"),
+    _row("alexnet", "none", True, True, "99.90", "81.22"),
+    _row("alexnet", "none", True, False, "99.82", "79.66"),
+    _row("alexnet", "none", False, True, "100.0", "77.36"),
+    _row("alexnet", "none", False, False, "100.0", "76.07"),
+    _row("alexnet", "random_labels", False, False, "99.82", "9.86"),
+    _row("mlp3", "none", False, True, "100.0", "53.35"),
+    _row("mlp3", "none", False, False, "100.0", "52.39"),
+    _row("mlp3", "random_labels", False, False, "100.0", "10.48"),
+    _row("mlp1", "none", False, True, "99.80", "50.39"),
+    _row("mlp1", "none", False, False, "100.0", "50.51"),
+    _row("mlp1", "random_labels", False, False, "99.34", "10.61"),
+)
+
+# Figure 1a: Inception, one training-loss curve per randomization, same schedule.
+FIGURE1A_MODEL = "inception"
+FIGURE1A_CURVES = (
+    ("none", "true labels"),
+    ("random_labels", "random labels"),
+    ("shuffled_pixels", "shuffled pixels"),
+    ("random_pixels", "random pixels"),
+    ("gaussian", "Gaussian"),
+)
+
+# Figure 1b/1c: one line per model against the label-corruption level p.
+FIGURE1B_MODELS = ("inception", "alexnet", "mlp1")
+CORRUPTION_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
