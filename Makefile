@@ -62,9 +62,14 @@ all: setup
 	bash recipes/run_all_recipes.sh --category all --jobs $(JOBS); status=$$?; \
 	$(FZ) report --results results --out results/report; exit $$status
 
+# torch threads for every CPU benchmark of the run; on a machine other jobs share, BENCH_THREADS=1
+# (OpenMP threads that wait for a busy core lose several times, bench/NOTES.md §1).
+BENCH_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
+
 bench: setup-full
 	mkdir -p bench/out
-	$(VENV)/bin/python -m pytest bench -q --benchmark-json=bench/out/cpu.json -p no:cacheprovider
+	FASTZHANG_BENCH_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m pytest bench -q \
+		--benchmark-json=bench/out/cpu.json -p no:cacheprovider
 	$(VENV)/bin/python bench/table.py bench/out/cpu.json | tee bench/out/cpu.md
 
 bench-gpu:

@@ -1,21 +1,37 @@
-"""Shared pieces of the benchmarks: the data, the device, and images/s bookkeeping.
+"""Shared pieces of the benchmarks: the data, the device, threads, and images/s bookkeeping.
 
 Every benchmark reports `images_per_s` in its extra_info and, when it is not the
-baseline itself, `ratio_vs_naive`: its images/s over the naive per-sample
-DataLoader's, measured in the same session on the same data. The machine's
-load and torch's thread count are recorded too: on a shared 2-core machine
-they move CPU numbers by several times.
+baseline itself, `ratio_vs_naive`: its images/s over its baseline's (the naive
+per-sample DataLoader, or fp32 eager for a training mode), measured in the same
+session on the same data. The machine's load and torch's thread count are
+recorded too: on a shared 2-core machine they move CPU numbers by several times.
+
+Threads: FASTZHANG_BENCH_THREADS (default: every core) is set once for the
+session, so every case in one run shares one setting. Compiler caches start
+empty in every session (see pytest_configure).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
+from clock import environment, sync
+
 N_IMAGES = 10_000  # one round = one epoch over the synthetic set's training images
 ROUNDS = 3
+
+
+def pytest_configure(config):
+    torch.set_num_threads(int(os.environ.get("FASTZHANG_BENCH_THREADS", os.cpu_count() or 1)))
+    # Cold compiler caches: time-to-first-step is what a fresh machine pays, not a cache hit
+    # left by an earlier session. (Within the session, a graph compiled twice hits the cache.)
+    fresh = tempfile.mkdtemp(prefix="fastzhang-bench-compile-")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(fresh, "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(fresh, "triton"))
 
 
 @pytest.fixture(scope="session")
@@ -33,33 +49,24 @@ def cifar_like():
 
 @pytest.fixture(scope="session")
 def rates() -> dict[str, float]:
-    """images/s of each benchmark run so far in this session, by name."""
+    """images/s (or seconds, for timings) of each benchmark run so far in this session, by name."""
     return {}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @pytest.fixture(scope="session")
 def measure(bench_device, rates):
-    """measure(benchmark, fn, name=, images=, baseline=) -> images/s, one round = one call of fn."""
+    """measure(benchmark, fn, name=, images=, baseline=, rounds=, warmup=) -> images/s; a round = one call of fn."""
 
-    def run(benchmark, fn, *, name: str, images: int, baseline: float | None) -> float:
+    def run(benchmark, fn, *, name: str, images: int, baseline: float | None, rounds: int = ROUNDS,
+            warmup: int = 1) -> float:
         def round_():
             fn()
             sync(bench_device)
 
-        benchmark.pedantic(round_, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(round_, rounds=rounds, iterations=1, warmup_rounds=warmup)
         rate = images / benchmark.stats.stats.median
         rates[name] = rate
-        benchmark.extra_info.update(
-            images_per_s=round(rate, 1),
-            device=str(bench_device),
-            torch_threads=torch.get_num_threads(),
-            loadavg_1m=round(os.getloadavg()[0], 2),
-        )
+        benchmark.extra_info.update(images_per_s=round(rate, 1), **environment(bench_device))
         if baseline is not None:
             benchmark.extra_info["ratio_vs_naive"] = round(rate / baseline, 2)
         return rate

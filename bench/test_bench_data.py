@@ -15,43 +15,23 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+import naive
 from fastzhang.data import dali
 from fastzhang.data.batches import ResidentData, epoch_plan, steps_per_epoch, train_batch
-from fastzhang.data.preprocess import CROP, MAX_OFFSET, MIN_STD
 
 SEED = 0
 BATCH = 128
 
 
-class PerSampleCifar(Dataset):
-    """What a typical reproduction does: random crop, ToTensor-like scaling, whitening, per sample."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int):
-        self.images, self.labels, self.seed = images, labels, seed
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        dy, dx = torch.randint(0, MAX_OFFSET + 1, (2,), generator=g).tolist()
-        x = torch.from_numpy(self.images[i, :, dy : dy + CROP, dx : dx + CROP]).float().div(255.0)
-        x = (x - x.mean()) / x.std(correction=0).clamp_min(MIN_STD)
-        return x, int(self.labels[i])
-
-
 def naive_epoch_fn(cifar_like, device, workers):
-    dataset = PerSampleCifar(cifar_like.train_images, cifar_like.train_labels, SEED)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    data = naive.loader(cifar_like.train_images, cifar_like.train_labels, device, batch=BATCH, workers=workers,
+                        seed=SEED)
 
     def epoch():
-        for x, y in loader:
+        for x, y in data:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     return epoch

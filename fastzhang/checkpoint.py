@@ -213,9 +213,10 @@ def load(path: str | Path) -> dict[str, Any]:
 def _load_failure(e: Exception) -> str:
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
-        found = re.search(r"Unsupported[^\n]*", text)
-        detail = found.group(0).strip()[:120] if found else "unknown content"
-        what = "it holds objects other than tensors and plain values" if "global" in detail else (
+        # torch says "Unsupported global: ..." or "... unsupported GLOBAL x whose module x is blocked."
+        found = re.search(r"unsupported[^\n]*", text, re.IGNORECASE)
+        detail = found.group(0).strip().rstrip(".")[:120] if found else "unknown content"
+        what = "it holds objects other than tensors and plain values" if "global" in detail.lower() else (
             "not a readable torch file")
         return f"{what} ({detail}; refused unread by the weights-only loader)"
     first = text.strip().splitlines()[0] if text.strip() else "no details"

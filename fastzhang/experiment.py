@@ -64,13 +64,17 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     from fastzhang.data.cifar import load_dataset
 
     arrays = load_dataset(cfg.dataset, cfg.data_dir)
+    if given is not None:
+        _check_data(given, arrays)
     wandb = _import_wandb() if cfg.use_wandb else None
+    ready = _prepare(cfg, arrays)  # device, train_subset, loader: refused here, before the lock file
 
     with ExperimentLock(opts.checkpoint_dir, eid):
         if not opts.force and opts.resume_from is None:
-            done = _completed(opts, eid)  # finished by another process while we loaded data
+            done = _completed(opts, eid, report=False)  # finished by another process while we loaded data
             if done:
                 return done
+        _remove_stale_temporaries(opts, eid)
         latest = checkpoint.latest_path(opts.checkpoint_dir, eid)
         if given is not None:
             start = given
@@ -79,11 +83,13 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
         else:
             found = checkpoint.load_latest(latest)
             start = _check_identity(cfg, found[0], found[1]) if found else None
-        return _train(cfg, opts, arrays, start, wandb)
+            if start is not None:
+                _check_data(start, arrays)
+        return _train(cfg, opts, ready, start, wandb)
 
 
-def _completed(opts: RunOptions, eid: str) -> Outcome | None:
-    found = results.find_completed(opts.results_dir, eid)
+def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | None:
+    found = results.find_completed(opts.results_dir, eid, report=report)
     if found is None:
         return None
     path, payload = found
@@ -101,8 +107,18 @@ def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
     return _check_identity(cfg, payload, path)
 
 
+# What train/state.py restores; an intact file without them was not written by a run.
+_RESUME_KEYS = (
+    "config", "epoch", "step_in_epoch", "global_step", "model_state_dict", "optimizer_state_dict",
+    "scheduler_state_dict", "best_test_acc", "all_metrics", "partial_epoch", "fit", "rng_state", "data_fingerprint",
+)
+
+
 def _check_identity(cfg: ExperimentConfig, payload: dict, path: Path) -> dict:
     """A checkpoint is reused only for exactly the experiment it was written by."""
+    missing = [key for key in _RESUME_KEYS if key not in payload]
+    if "config" in missing:
+        raise UsageError(f"checkpoint {path} has no config: it was not written by `fastzhang run`")
     try:
         stored = ExperimentConfig.from_mapping(payload["config"], source=str(path))
     except UsageError as e:
@@ -114,6 +130,8 @@ def _check_identity(cfg: ExperimentConfig, payload: dict, path: Path) -> dict:
             f"checkpoint {path} belongs to a different configuration ({'; '.join(diff)}); "
             "use --force to start over, or pick the matching checkpoint"
         )
+    if missing:
+        raise UsageError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by `fastzhang run`")
     return payload
 
 
@@ -128,25 +146,63 @@ def _import_wandb():
 # ------------------------------------------------------------------------------------------
 
 
-def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, start: dict | None, wandb) -> Outcome:
+def _check_data(start: dict, arrays) -> None:
+    if start["data_fingerprint"] != arrays.fingerprint:
+        raise UsageError(
+            f"the checkpoint was trained on data with fingerprint {str(start['data_fingerprint'])[:16]}…, "
+            f"but {arrays.source} has {arrays.fingerprint[:16]}…; use the same data or --force"
+        )
+
+
+def _remove_stale_temporaries(opts: RunOptions, eid: str) -> None:
+    """Delete `.tmp` files that a killed writer of this experiment left behind.
+
+    Only the lock holder writes this experiment's files, so under the lock every
+    such file is garbage; a run preempted again and again inside its checkpoint
+    writes would otherwise fill the disk with full-size copies.
+    """
+    stale = [p for p in checkpoint.experiment_files(opts.checkpoint_dir, eid) if p.name.endswith(".tmp")]
+    stale += [p for p in results.experiment_files(opts.results_dir, eid) if p.name.endswith(".tmp")]
+    for path in stale:
+        try:
+            path.unlink()
+        except OSError:
+            pass  # best effort: a leftover never affects what is loaded
+    if stale and not opts.quiet:
+        info(f"{eid}: removed {len(stale)} temporary file(s) left by an interrupted write")
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """What training needs besides the checkpoint, built before the lock is taken."""
+
+    arrays: object
+    device: object
+    speed: object
+    data: object
+    loader: object
+
+
+def _prepare(cfg: ExperimentConfig, arrays) -> _Ready:
     from fastzhang.data.batches import ResidentData
-    from fastzhang.train import engine, state
     from fastzhang.train.fastpath import resolve_device, resolve_speed
     from fastzhang.train.loaders import make_loader
 
     device = resolve_device(cfg.device)
     speed = resolve_speed(cfg, device)
-    if start is not None and start["data_fingerprint"] != arrays.fingerprint:
-        raise UsageError(
-            f"the checkpoint was trained on data with fingerprint {start['data_fingerprint'][:16]}…, "
-            f"but {arrays.source} has {arrays.fingerprint[:16]}…; use the same data or --force"
-        )
     data = ResidentData.build(
         arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.seed,
         train_subset=cfg.train_subset, device=device,
     )
     loader = make_loader(cfg.loader, data, cfg.batch_size, dtype=speed.input_dtype,
                          channels_last=speed.channels_last)
+    return _Ready(arrays, device, speed, data, loader)
+
+
+def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict | None, wandb) -> Outcome:
+    from fastzhang.train import engine, state
+
+    arrays, device, speed, data, loader = ready.arrays, ready.device, ready.speed, ready.data, ready.loader
     run = engine.build_run(cfg, device, speed)
     if start is not None:
         state.restore(run, start)
@@ -160,11 +216,12 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, start: dict | None, 
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
     logger = _WandbLogger(wandb, cfg, run, quiet=opts.quiet) if wandb else None
 
-    def save(mid_epoch: bool) -> None:
+    def save(mid_epoch: bool) -> None:  # called only inside `with _stop_signals() as stop` below
         payload = state.to_payload(run, cfg, arrays.fingerprint)
-        if not mid_epoch and run.metrics["test_acc"] and run.metrics["test_acc"][-1] >= run.best_test_acc:
-            checkpoint.save(payload, best, keep_previous=False)  # best first: a crash re-runs the epoch
-        checkpoint.save(payload, latest)
+        with stop.holding():
+            if not mid_epoch and run.metrics["test_acc"] and run.metrics["test_acc"][-1] >= run.best_test_acc:
+                checkpoint.save(payload, best, keep_previous=False)  # best first: a crash re-runs the epoch
+            checkpoint.save(payload, latest)
 
     def on_epoch(row: dict) -> None:
         if logger:
@@ -199,6 +256,25 @@ def _speed_text(speed) -> str:
 @dataclass
 class _StopFlag:
     signum: int | None = None
+    writing: bool = False  # a checkpoint is being written: a second signal waits for it
+    insisted: bool = False
+
+    @contextmanager
+    def holding(self):
+        """Checkpoint writes finish before a second signal stops the run.
+
+        KeyboardInterrupt raised by a handler inside torch.save's writer callbacks
+        comes out as an unrelated RuntimeError (and a traceback); the file itself
+        is safe either way (atomicio). So the second signal is noted during the
+        write and acted on right after it.
+        """
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.insisted:
+            raise KeyboardInterrupt
 
 
 @contextmanager
@@ -210,9 +286,12 @@ def _stop_signals():
         return
 
     def handler(signum, frame):
-        if flag.signum is not None:  # a second signal: the user insists
+        if flag.signum is None:
+            flag.signum = signum
+        elif flag.writing:
+            flag.insisted = True
+        else:  # a second signal: the user insists
             raise KeyboardInterrupt
-        flag.signum = signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -241,10 +241,12 @@ def experiment_files(results_dir: str | Path, experiment_id: str) -> list[Path]:
     return files_for(folder, experiment_id) + sorted(stale)
 
 
-def find_completed(results_dir: str | Path, experiment_id: str) -> tuple[Path, dict[str, Any]] | None:
+def find_completed(results_dir: str | Path, experiment_id: str, *,
+                   report: bool = True) -> tuple[Path, dict[str, Any]] | None:
     """The newest valid results file that says `experiment_id` completed, else None.
 
-    Damaged files on the way are reported with warn() and skipped.
+    Damaged files on the way are skipped, and reported with warn() if `report`
+    (a caller that looks twice reports once).
     """
     damaged = []
     for path in reversed(files_for(results_dir, experiment_id)):
@@ -252,9 +254,9 @@ def find_completed(results_dir: str | Path, experiment_id: str) -> tuple[Path, d
         if entry.problem:
             damaged.append(entry)
         elif entry.payload["completed"]:
-            for bad in damaged:
+            for bad in damaged if report else ():
                 warn(f"results file {bad.path} is damaged ({bad.problem}); using the older {path}")
             return path, entry.payload
-    for bad in damaged:
+    for bad in damaged if report else ():
         warn(f"results file {bad.path} is damaged ({bad.problem}); treating the experiment as not completed")
     return None

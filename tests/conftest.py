@@ -5,6 +5,11 @@ loader reads exactly like the real one (python pickles in the official Python 2
 style, the binary records, or the gzip tarball) and returns the arrays it holds,
 so a test compares what was loaded with what was written. Load it with
 `load_cifar10(fx.root, per_batch=fx.per_batch)`.
+
+The fault-injection tests (test_faults_*.py, test_bad_input.py) share the helpers
+at the end: `Fz` runs a real `fastzhang` process, `reference_run` trains an
+uninterrupted reference once per session, `assert_same_training` compares two
+checkpoints bitwise.
 """
 
 from __future__ import annotations
@@ -13,8 +18,12 @@ import io
 import math
 import os
 import pickle
+import re
 import struct
+import subprocess
+import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,3 +251,182 @@ def user_env() -> dict:
         if value is not None:
             env[key] = value
     return env
+
+
+# ------------------------------------------------------------------------------------------
+# Fault-injection helpers: real `fastzhang` processes, their output, reference runs
+
+
+FZ = (sys.executable, "-m", "fastzhang")
+# The tiny real run of the fault-injection tests: 1,024 synthetic images, 64 steps per epoch.
+# Random labels keep every step's gradient large, so a skipped or repeated step shows in the weights.
+TINY_RUN = ("run", "--model", "mlp1", "--dataset", "synthetic", "--randomization", "random_labels",
+            "--batch-size", "16", "--device", "cpu")
+# Timing is measured, not computed: it may differ between two runs of the same experiment.
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def fz_env(**extra: str) -> dict:
+    """The environment of a `fastzhang` child process.
+
+    One thread per process: a result is bitwise reproducible only at a fixed thread
+    count, and two OpenMP threads per process on a shared 2-core machine spin-wait on
+    each other until the run crawls.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.update(extra)
+    return env
+
+
+class Fz:
+    """One `python -m fastzhang ...` child process; stdout and stderr go to files (no pipe can fill)."""
+
+    def __init__(self, args, cwd: Path, *, name: str = "fz", env: dict | None = None, logs: Path | None = None):
+        self.cwd = Path(cwd)
+        logs = Path(logs or cwd)
+        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen([*FZ, *map(str, args)], cwd=self.cwd, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, env=env or fz_env())
+        self.pid = self.proc.pid
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"`fastzhang` did not finish in {timeout} s; stderr:\n{self.stderr[-2000:]}")
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
+        """The first match of `pattern` in stderr, waiting for it while the process runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.stderr)
+            if found:
+                return found
+            if self.proc.poll() is not None and not re.search(pattern, self.stderr):
+                raise AssertionError(f"exited with {self.proc.returncode} before {pattern!r}:\n{self.stderr[-2000:]}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"no {pattern!r} on stderr within {timeout} s:\n{self.stderr[-2000:]}")
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def stderr_lines(text: str) -> list[str]:
+    """Non-empty stderr lines, with progress-bar redraws (carriage returns) dropped."""
+    return [line.split("\r")[-1] for line in text.splitlines() if line.split("\r")[-1].strip()]
+
+
+def files_under(folder: Path, *, skip_locks: bool = True) -> dict[str, bytes]:
+    """Every file below `folder` (relative name -> bytes); lock files hold a pid only while held."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not (skip_locks and p.name.endswith(".lock"))}
+
+
+def temporaries(*folders: Path) -> set[str]:
+    """Names of the hidden `.tmp` files atomic_write leaves when its process dies mid-write."""
+    return {p.name for folder in folders if Path(folder).is_dir() for p in Path(folder).glob(".*.tmp")}
+
+
+def run_cli(argv: list[str]) -> int:
+    """`fastzhang.cli.main(argv)` in this process, with argparse's SystemExit turned into its code."""
+    from fastzhang.cli import main
+
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def assert_same_training(got: dict, want: dict) -> None:
+    """Bitwise-equal model, optimizer and scheduler state and progress; equal metric lists (timing aside)."""
+    import torch
+
+    assert (got["epoch"], got["step_in_epoch"], got["global_step"]) == \
+        (want["epoch"], want["step_in_epoch"], want["global_step"])
+    assert got["model_state_dict"].keys() == want["model_state_dict"].keys()
+    for key, tensor in want["model_state_dict"].items():
+        assert torch.equal(got["model_state_dict"][key], tensor), key
+    assert got["optimizer_state_dict"]["state"].keys() == want["optimizer_state_dict"]["state"].keys()
+    for index, buffers in want["optimizer_state_dict"]["state"].items():
+        for name, value in buffers.items():
+            assert torch.equal(got["optimizer_state_dict"]["state"][index][name], value), (index, name)
+    assert got["optimizer_state_dict"]["param_groups"] == want["optimizer_state_dict"]["param_groups"]
+    assert got["scheduler_state_dict"] == want["scheduler_state_dict"]
+    assert got["best_test_acc"] == want["best_test_acc"]
+    assert_same_metrics(got["all_metrics"], want["all_metrics"])
+
+
+def assert_same_metrics(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key not in TIMING:
+            assert got[key] == value, key
+
+
+class ReferenceRun:
+    """An uninterrupted `fastzhang run` in its own folder, started at once, read when needed."""
+
+    def __init__(self, args: tuple[str, ...], folder: Path):
+        self.args, self.folder = args, folder
+        self.fz = Fz([*args, "--quiet"], folder, name="reference")
+        self._result = None
+
+    def result(self) -> tuple[dict, dict]:
+        """(final checkpoint payload, results file) of the finished run."""
+        if self._result is None:
+            from fastzhang import checkpoint, results
+
+            assert self.fz.wait(timeout=300) == 0, self.fz.stderr
+            [ckpt] = (self.folder / "checkpoints").glob("*_checkpoint.pth")
+            [entry] = results.scan(self.folder / "results")
+            assert entry.problem is None, entry.problem
+            self._result = checkpoint.load(ckpt), entry.payload
+        return self._result
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """reference_run(args) -> ReferenceRun: one uninterrupted run per argument list, shared by tests.
+
+    Call it first thing in a test, so the reference trains while the test does its own work.
+    """
+    runs: dict[tuple[str, ...], ReferenceRun] = {}
+
+    def get(args) -> ReferenceRun:
+        args = tuple(map(str, args))
+        if args not in runs:
+            runs[args] = ReferenceRun(args, tmp_path_factory.mktemp("reference"))
+        return runs[args]
+
+    yield get
+    for run in runs.values():
+        run.fz.kill()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Train in this process on one thread, like the `fastzhang` children (see fz_env)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

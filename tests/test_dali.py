@@ -117,3 +117,57 @@ def test_missing_dali_is_a_usage_error_with_the_install_hint(monkeypatch):
     monkeypatch.setattr(dali, "available", lambda: False)
     with pytest.raises(UsageError, match=r"needs nvidia-dali: pip install 'fastzhang\[dali\]'"):
         dali.DaliLoader(resident(), 128, device="cpu")
+
+
+@needs_dali
+def test_fastzhang_run_with_dali_gives_the_torch_loaders_metrics(tmp_path):
+    """`fastzhang run --loader dali` end to end (real CLI processes) against `--loader torch`.
+
+    Not bitwise: DALI's reductions sum in another order, so its batches differ
+    from preprocess's in the last bits (max |diff| 6e-6 on the synthetic set,
+    bench/NOTES.md §2b). Over two epochs of mlp1 those bits move the losses by
+    ~1e-6 relative; accuracies are counts of images and stay equal.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    metrics = {}
+    for loader in ("torch", "dali"):
+        out = tmp_path / loader
+        cmd = [sys.executable, "-m", "fastzhang", "run", "--model", "mlp1", "--dataset", "synthetic",
+               "--epochs", "2", "--random-crop", "--device", "cpu", "--amp", "off", "--loader", loader,
+               "--quiet", "--checkpoint-dir", str(out / "ckpt"), "--results-dir", str(out / "results")]
+        proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (path,) = (out / "results").glob("*.json")
+        metrics[loader] = json.loads(path.read_text())["metrics"]
+    torch_m, dali_m = metrics["torch"], metrics["dali"]
+    for key in ("train_acc", "test_acc", "steps", "lr"):
+        assert dali_m[key] == torch_m[key], key
+    for key in ("train_loss", "test_loss"):
+        assert dali_m[key] == pytest.approx(torch_m[key], rel=1e-4), key
+
+
+@needs_dali
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline needs CUDA (run by bench/gpu.sh)")
+def test_gpu_pipeline_matches_the_resident_torch_loader_on_cuda():
+    from fastzhang.data import batches
+    from fastzhang.data.synthetic import make_synthetic
+
+    data = batches.ResidentData.build(make_synthetic(260, 10), randomization="none", corrupt_prob=0.0, seed=3,
+                                      train_subset=None, device="cuda")
+    loader = dali.DaliLoader(data, 100, device="cuda")
+    p = batches.epoch_plan(5, 1, 260, True, "cuda")
+    for step in range(batches.steps_per_epoch(260, 100)):
+        for dtype, cl in ((torch.float32, False), (torch.bfloat16, True)):
+            want_x, want_y = batches.train_batch(data, p, step, 100, dtype=dtype, channels_last=cl)
+            x, y = loader.train_batch(p, step, dtype=dtype, channels_last=cl)
+            assert x.device.type == "cuda" and x.dtype == dtype and x.stride() == want_x.stride()
+            rtol = 2 * BF16_UNIT_ROUNDOFF if dtype == torch.bfloat16 else 0  # one bf16 ulp apart at most
+            torch.testing.assert_close(x.float(), want_x.float(), rtol=rtol, atol=1e-5)
+            assert torch.equal(y, want_y)

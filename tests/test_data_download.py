@@ -166,6 +166,7 @@ def served_tarball(tmp_path, monkeypatch):
 def test_download_then_load(served_tarball, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cifar, "PER_BATCH", 20)
     root = tmp_path / "fresh" / "data"
+    root.mkdir(parents=True)  # a named folder must exist to be downloaded into
     got = load_dataset("cifar10", root)
     assert (root / "cifar-10-python.tar.gz").read_bytes() == served_tarball.path.read_bytes()
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-python.tar.gz"]  # no .part left
@@ -181,6 +182,7 @@ def test_download_then_load(served_tarball, tmp_path, monkeypatch, capsys):
 def test_download_with_wrong_md5_is_discarded(served_tarball, tmp_path, monkeypatch):
     monkeypatch.setattr(download, "CIFAR10_MD5", "0" * 32)
     root = tmp_path / "data"
+    root.mkdir()
     got = hashlib.md5(served_tarball.path.read_bytes()).hexdigest()
     with pytest.raises(DataError, match=f"downloaded file has md5 {got}, expected 0{{32}}"):
         load_dataset("cifar10", root)
@@ -202,6 +204,7 @@ def _closed_port() -> int:
 def test_unreachable_network_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "CIFAR10_URL", f"http://127.0.0.1:{_closed_port()}/cifar-10-python.tar.gz")
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(DataError) as err:
         load_dataset("cifar10", root)
     msg = str(err.value)
@@ -215,7 +218,22 @@ def test_unwritable_data_dir_cannot_download(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(DataError, match="cannot download into it"):
-        load_dataset("cifar10", blocker / "data")
+        download.download_cifar10(blocker / "data")
+
+
+def test_named_missing_folder_is_refused_without_network(tmp_path, monkeypatch):
+    # A --data-dir (or FASTZHANG_DATA) that does not exist is a typo, not a place to download to.
+    monkeypatch.setattr(download, "urlopen", lambda *a, **k: pytest.fail("tried the network"))
+    for named in ("flag", "env"):
+        missing = tmp_path / f"no-such-{named}"
+        if named == "env":
+            monkeypatch.setenv("FASTZHANG_DATA", str(missing))
+        with pytest.raises(DataError) as err:
+            load_dataset("cifar10", missing if named == "flag" else None)
+        source = "--data-dir / data_dir" if named == "flag" else "FASTZHANG_DATA"
+        assert str(err.value) == (f"{missing}: no such folder (named by {source}); fix the path, "
+                                  "or create the folder to download CIFAR-10 into it")
+        assert not missing.exists()
 
 
 def test_connection_dropped_mid_download(tmp_path, monkeypatch):

@@ -40,3 +40,24 @@ def test_whitening_matches_the_formula():
 def test_whiten_is_per_image():
     x = torch.rand(4, 3, 28, 28)
     assert torch.allclose(whiten(x)[1:], whiten(x[1:]))
+
+
+def test_index_gathers_the_batch_from_the_whole_set():
+    """crop/preprocess with `index` equal cropping images[index]; the last image's last window is in bounds."""
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+    index = torch.tensor([39, 0, 39, 7, 21])  # repeats, both ends of the set
+    offsets = torch.tensor([[4, 4], [0, 0], [0, 4], [4, 0], [2, 3]])
+    assert torch.equal(crop(images, offsets, index), crop(images[index], offsets))
+    assert torch.equal(crop(images, offsets, index)[0], images[39, :, 4:32, 4:32])
+    for cl in (False, True):
+        assert torch.equal(preprocess(images, offsets, index=index, channels_last=cl),
+                           preprocess(images[index], offsets, channels_last=cl))
+    assert crop(images, offsets[:0], index[:0]).shape == (0, 3, 28, 28)
+
+
+def test_whiten_leaves_its_input_alone():
+    x = torch.rand(4, 3, 28, 28).contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    out = whiten(x)
+    assert torch.equal(x, before) and out.is_contiguous() and out.dtype == torch.float32

@@ -1,4 +1,4 @@
-"""The Triton kernel equals the torch reference, run on the CPU by Triton's interpreter.
+"""The Triton kernel equals the torch reference: on CUDA when present, else on the CPU by Triton's interpreter.
 
 Triton picks its interpreter from TRITON_INTERPRET=1 when triton itself is first
 imported, so the kernel runs in one child process started with the variable set:
@@ -72,11 +72,24 @@ def make_cases():
     return cases
 
 
+def run_on_cuda(cases):
+    """The kernel compiled for the GPU, in this process; outputs copied back (strides kept)."""
+    out = {}
+    for name, c in cases.items():
+        got = fused_preprocess(c["images"].cuda(), c["idx"].cuda(), c["offsets"].cuda(),
+                               dtype=DTYPES[c["dtype"]], channels_last=c["channels_last"])
+        out[name] = got.cpu()
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """(cases, outputs): the kernel's outputs for every case, computed by the interpreter."""
-    tmp = tmp_path_factory.mktemp("triton")
+    """(cases, outputs): the kernel's outputs for every case, on the GPU when there is one
+    (bench/gpu.sh runs this file there), else computed by the interpreter."""
     cases = make_cases()
+    if torch.cuda.is_available():
+        return cases, run_on_cuda(cases)
+    tmp = tmp_path_factory.mktemp("triton")
     torch.save(cases, tmp / "in.pt")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "in.pt"), str(tmp / "out.pt")],

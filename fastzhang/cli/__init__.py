@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from fastzhang import __version__
@@ -36,9 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; `argv` None means this process is the `fastzhang` program itself."""
+    code = _dispatch(argv)
+    if argv is None and code in (130, 143):
+        # The process ends now, stopped by a signal; one more (the user pressing Ctrl-C
+        # again) would only print a traceback from the interpreter's shutdown.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    return code
+
+
+def _dispatch(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except FastZhangError as e:
         print(f"fastzhang: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        # A second SIGINT / SIGTERM during training (the first one checkpoints and stops
+        # gracefully), or Ctrl-C before training starts. Every file is written atomically,
+        # so stopping here loses at most the unsaved steps.
+        print("fastzhang: interrupted; stopped without a new checkpoint", file=sys.stderr)
+        return 130

@@ -75,9 +75,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # a bad recipe or flag is refused before torch is even imported
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
 
-    cfg = config_from_args(args)
     opts = RunOptions(checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir, force=args.force,
                       resume_from=args.resume_from, quiet=args.quiet)
     try:

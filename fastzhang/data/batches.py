@@ -112,7 +112,7 @@ def train_batch(data: ResidentData, plan: EpochPlan, step: int, batch_size: int,
         raise ValueError(f"step {step} outside 0..{steps_per_epoch(n, batch_size) - 1}")
     span = slice(step * batch_size, (step + 1) * batch_size)
     index = plan.order[span]
-    x = preprocess(data.train_x.index_select(0, index), plan.offsets[span], dtype=dtype, channels_last=channels_last)
+    x = preprocess(data.train_x, plan.offsets[span], dtype=dtype, channels_last=channels_last, index=index)
     return x, data.train_y.index_select(0, index)
 
 

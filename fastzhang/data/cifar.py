@@ -230,5 +230,6 @@ def load_dataset(name: str, data_dir: str | Path | None, *, download: bool = Tru
     if fetch.locate(root) is None:
         if not download:
             raise DataError(fetch.nothing_found(root))
+        fetch.refuse_missing_named_folder(root, data_dir)
         fetch.download_cifar10(root)
     return load_cifar10(root, per_batch=PER_BATCH)

@@ -4,6 +4,11 @@ Where: `--data-dir`, else $FASTZHANG_DATA, else `./data`. That folder may hold
 `cifar-10-batches-py/`, `cifar-10-batches-bin/` or `cifar-10-python.tar.gz`, or
 be a batches folder (or the tarball) itself.
 
+When to download: into the default `./data` (created if needed) or into an
+existing folder that lacks the data. A folder named by `--data-dir` or
+$FASTZHANG_DATA that does not exist is refused at once: it is most likely a
+typo, and a download would hide it behind minutes of network and 170 MB.
+
 The tarball is extracted into `$FASTZHANG_CACHE` (else `$XDG_CACHE_HOME/fastzhang`,
 else `~/.cache/fastzhang`) under a folder named by the tarball's sha256, so the
 data folder may be read-only and a different tarball never reuses a stale
@@ -55,6 +60,17 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """--data-dir, else $FASTZHANG_DATA, else ./data."""
     chosen = data_dir or os.environ.get("FASTZHANG_DATA") or "data"
     return Path(chosen).expanduser()
+
+
+def refuse_missing_named_folder(root: Path, data_dir: str | Path | None) -> None:
+    """DataError if the user named `root` (flag or $FASTZHANG_DATA) and it does not exist."""
+    named = data_dir or os.environ.get("FASTZHANG_DATA")
+    if named and not os.path.lexists(root):
+        source = "--data-dir / data_dir" if data_dir else "FASTZHANG_DATA"
+        raise DataError(
+            f"{root}: no such folder (named by {source}); fix the path, or create the folder "
+            "to download CIFAR-10 into it"
+        )
 
 
 def cache_dir() -> Path:

@@ -26,34 +26,44 @@ def center_offsets(batch: int, device: torch.device | str = "cpu") -> torch.Tens
     return torch.full((batch, 2), CENTER, dtype=torch.int64, device=device)
 
 
-def crop(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Crop uint8 [B, 3, 32, 32] to [B, 3, 28, 28] at per-image (dy, dx) offsets, in one gather.
+def crop(images: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop uint8 [N, 3, 32, 32] to [B, 3, 28, 28] at per-image (dy, dx) offsets, in one gather.
 
-    A strided view lists every 28x28 window of every image ([B, 5, 5, 3, 28, 28],
-    no copy); indexing it by (image, dy, dx) copies just the chosen windows. This
-    is ~5x faster on CPU than a 4-index gather (bench/NOTES.md).
+    The crops of `images[index]` (of every image when index is None). A strided
+    view of the flat pixel buffer holds a [3, 28, 28] window starting at every
+    byte; the crop of image i at (dy, dx) is window i*3072 + dy*32 + dx, so one
+    index_select copies exactly the chosen windows, gathering the batch from the
+    whole resident set on the way. ~4x faster on the CPU than indexing a
+    [B, 5, 5, 3, 28, 28] window view by (image, dy, dx) (bench/NOTES.md §2c).
     """
     images = images.contiguous()
-    b, c = images.shape[0], images.shape[1]
-    span = MAX_OFFSET + 1
-    windows = images.as_strided(
-        (b, span, span, c, CROP, CROP),
-        (c * IMAGE_SIZE * IMAGE_SIZE, IMAGE_SIZE, 1, IMAGE_SIZE * IMAGE_SIZE, IMAGE_SIZE, 1),
-    )
-    return windows[torch.arange(b, device=images.device), offsets[:, 0], offsets[:, 1]]
+    n, c = images.shape[0], images.shape[1]
+    image = c * IMAGE_SIZE * IMAGE_SIZE
+    if index is None:
+        index = torch.arange(n, device=images.device)
+    if n == 0 or index.numel() == 0:
+        return images.new_empty((index.numel(), c, CROP, CROP))
+    # The last valid start leaves room for one window: (c-1) planes, CROP-1 rows, CROP columns.
+    span = (c - 1) * IMAGE_SIZE * IMAGE_SIZE + (CROP - 1) * IMAGE_SIZE + CROP
+    windows = images.view(-1).as_strided((n * image - span + 1, c, CROP, CROP),
+                                         (1, IMAGE_SIZE * IMAGE_SIZE, IMAGE_SIZE, 1))
+    starts = index * image + offsets[:, 0] * IMAGE_SIZE + offsets[:, 1]
+    return windows.index_select(0, starts)
 
 
 def whiten(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Per-image standardization of float [B, C, H, W] (TensorFlow's definition).
+    """Per-image standardization of [B, C, H, W] (TensorFlow's definition), as a new float32 tensor.
 
     `scale` is the unit of x (255 for raw pixel values): standardizing x/scale is
     (x - mean) / max(std, scale * MIN_STD), so the division by 255 costs no pass.
-    Two passes: the deviations, then their norm; both in place on a new tensor.
+    x may be the uint8 pixels: the one copy is also the cast. Two passes (the
+    deviations, then their norm), all in place on that copy: a fresh CPU buffer
+    per step costs page faults worth a whole pass (bench/NOTES.md §2c).
     """
-    flat = x.reshape(x.shape[0], -1)
-    dev = flat - flat.mean(dim=1, keepdim=True)
-    std = torch.linalg.vector_norm(dev, dim=1, keepdim=True).div_(math.sqrt(flat.shape[1]))
-    return dev.div_(std.clamp_min_(scale * MIN_STD)).view_as(x)
+    flat = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True).view(x.shape[0], -1)
+    flat.sub_(flat.mean(dim=1, keepdim=True))
+    std = torch.linalg.vector_norm(flat, dim=1, keepdim=True).div_(math.sqrt(flat.shape[1]))
+    return flat.div_(std.clamp_min_(scale * MIN_STD)).view(x.shape)
 
 
 def preprocess(
@@ -62,13 +72,15 @@ def preprocess(
     *,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] + offsets [B, 2] -> whitened [B, 3, 28, 28] in `dtype`.
 
+    With `index` [B], the batch is `images[index]` (same values, without the copy).
     Whitening is computed in float32 whatever the output dtype, so a bf16 batch is
     the float32 batch rounded once.
     """
-    x = whiten(crop(images, offsets).float(), scale=255.0)
+    x = whiten(crop(images, offsets, index), scale=255.0)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x.to(dtype)

@@ -58,12 +58,14 @@ def build_run(cfg, device: torch.device, speed: Speed) -> Run:
     model = build_model(cfg.model, seed=cfg.seed).to(device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # On CUDA graphs the learning rate must live on the device so that the
-    # scheduler's updates reach the captured step; fused SGD accepts a tensor lr.
-    lr = torch.tensor(cfg.effective_lr, device=device) if speed.cuda_graphs else cfg.effective_lr
+    # Under CUDA graphs the learning rate lives in a float32 device tensor (what fused
+    # SGD reads through a pointer), so the scheduler's in-place updates reach the
+    # captured step; a CPU tensor or a float would be baked into the graph.
+    lr = torch.tensor(cfg.effective_lr, dtype=torch.float32, device=device) if speed.cuda_graphs \
+        else cfg.effective_lr
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        fused=True if speed.cuda_graphs else None,
+        fused=True,  # one kernel for all parameters, on CUDA and on the CPU (NOTES §4: 1.7x the for-loop)
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     return Run(model=model, optimizer=optimizer, scheduler=scheduler)
@@ -160,12 +162,15 @@ class _Display:
         self.bar, self.sums = bar, sums
         self.pin = device.type == "cuda"
         self.host = torch.zeros(2, dtype=torch.float64, pin_memory=self.pin)
+        self.copied = torch.cuda.Event() if self.pin else None  # query() never blocks
         self.shown_seen = 0
 
     def update(self, steps_done: int, seconds: float) -> None:
         self.bar.update(1)
         if self.bar.disable or steps_done % self.EVERY:
             return
+        if self.copied is not None and self.shown_seen and not self.copied.query():
+            return  # the last copy is still in flight: show it at a later refresh
         loss, correct = self.host.tolist()
         if self.shown_seen:
             self.bar.set_postfix(
@@ -174,6 +179,8 @@ class _Display:
             )
         stacked = torch.stack([self.sums["loss_sum"].double(), self.sums["correct"].double()])
         self.host.copy_(stacked, non_blocking=self.pin)
+        if self.copied is not None:
+            self.copied.record()
         self.shown_seen = self.sums["seen"]
 
 

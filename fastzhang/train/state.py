@@ -14,6 +14,7 @@ from fastzhang.train.engine import METRIC_KEYS, Run
 
 FORMAT = "fastzhang-checkpoint"
 FORMAT_VERSION = 1
+_EXECUTION_KEYS = ("fused", "foreach", "capturable", "differentiable")
 
 
 def to_payload(run: Run, cfg, data_fingerprint: str) -> dict:
@@ -68,14 +69,26 @@ def restore(run: Run, payload: dict) -> None:
 
 
 def _optimizer_state_for(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
-    """Keep a device-resident lr tensor (CUDA graphs) when loading a float lr, and vice versa."""
+    """The saved optimizer state, fitted to the live optimizer's execution settings.
+
+    A run may resume on another device or with other speed switches: the saved
+    hyperparameters are kept, but how the step runs (fused, foreach, ...) is the
+    live optimizer's, and lr keeps the live form. Under CUDA graphs that is a
+    float32 tensor on the parameters' device (torch.load maps a saved tensor to
+    the CPU, where fused SGD would read it once and the graph would freeze it).
+    """
     groups = []
     for live, stored in zip(optimizer.param_groups, saved["param_groups"]):
         group = dict(stored)
+        for key in _EXECUTION_KEYS:
+            if key in live:
+                group[key] = live[key]
         for key in ("lr", "initial_lr"):
-            if isinstance(live.get(key), torch.Tensor) and not isinstance(stored.get(key), torch.Tensor):
-                group[key] = torch.tensor(float(stored[key]), device=live[key].device)
-            elif not isinstance(live.get(key), torch.Tensor) and isinstance(stored.get(key), torch.Tensor):
+            if key not in stored:
+                continue
+            if isinstance(live.get(key), torch.Tensor):
+                group[key] = torch.tensor(float(stored[key]), dtype=live[key].dtype, device=live[key].device)
+            elif isinstance(stored[key], torch.Tensor):
                 group[key] = float(stored[key])
         groups.append(group)
     return {"state": saved["state"], "param_groups": groups}
