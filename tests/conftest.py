@@ -375,10 +375,20 @@ def assert_same_training(got: dict, want: dict) -> None:
 
 
 def assert_same_metrics(got: dict, want: dict) -> None:
+    """Equal metric series (a checkpoint's `all_metrics`), timing aside."""
     assert got.keys() == want.keys()
     for key, value in want.items():
         if key not in TIMING:
             assert got[key] == value, key
+
+
+def assert_same_results(got: dict, want: dict) -> None:
+    """Two results files of one experiment: equal metrics, series and summaries, timing aside."""
+    series = lambda m: {k: v for k, v in m.items() if isinstance(v, list)}  # noqa: E731
+    assert_same_metrics(series(got["metrics"]), series(want["metrics"]))
+    for key in ("best_test_acc", "final_train_acc", "final_test_acc", "fit_epoch", "fit_step"):
+        assert got["metrics"][key] == want["metrics"][key], key
+    assert (got["completed"], got["total_epochs"]) == (want["completed"], want["total_epochs"])
 
 
 class ReferenceRun:

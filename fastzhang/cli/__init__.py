@@ -19,7 +19,14 @@ SUBCOMMANDS = ("run", "status", "clean", "batch", "report", "models", "data")
 
 
 class Parser(argparse.ArgumentParser):
-    """Bad flags get one line and exit code 2, like every other bad input."""
+    """Bad flags get one line and exit code 2, like every other bad input.
+
+    Abbreviations are off: `--epoch 3` is an error, not a silent `--epochs 3`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -56,7 +63,7 @@ def _dispatch(argv: list[str] | None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         # A second SIGINT / SIGTERM during training (the first one checkpoints and stops
-        # gracefully), or Ctrl-C before training starts. Every file is written atomically,
-        # so stopping here loses at most the unsaved steps.
-        print("fastzhang: interrupted; stopped without a new checkpoint", file=sys.stderr)
+        # gracefully; a checkpoint being written is finished first), or Ctrl-C before
+        # training starts. Files are written atomically: at most unsaved steps are lost.
+        print("fastzhang: interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130
