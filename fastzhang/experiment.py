@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastzhang import __version__, checkpoint, results
+from fastzhang import __version__, results
 from fastzhang.config import ExperimentConfig
 from fastzhang.errors import UsageError
 from fastzhang.lock import ExperimentLock
@@ -69,6 +69,8 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     wandb = _import_wandb() if cfg.use_wandb else None
     ready = _prepare(cfg, arrays)  # device, train_subset, loader: refused here, before the lock file
 
+    from fastzhang import checkpoint  # imports torch: only once the run will really start
+
     with ExperimentLock(opts.checkpoint_dir, eid):
         if not opts.force and opts.resume_from is None:
             done = _completed(opts, eid, report=False)  # finished by another process while we loaded data
@@ -97,6 +99,8 @@ def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | Non
 
 
 def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
+    from fastzhang import checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--resume-from {path}: no such checkpoint file")
@@ -161,6 +165,8 @@ def _remove_stale_temporaries(opts: RunOptions, eid: str) -> None:
     such file is garbage; a run preempted again and again inside its checkpoint
     writes would otherwise fill the disk with full-size copies.
     """
+    from fastzhang import checkpoint
+
     stale = [p for p in checkpoint.experiment_files(opts.checkpoint_dir, eid) if p.name.endswith(".tmp")]
     stale += [p for p in results.experiment_files(opts.results_dir, eid) if p.name.endswith(".tmp")]
     for path in stale:
@@ -200,6 +206,8 @@ def _prepare(cfg: ExperimentConfig, arrays) -> _Ready:
 
 
 def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict | None, wandb) -> Outcome:
+    from fastzhang import checkpoint
+
     from fastzhang.train import engine, state
 
     arrays, device, speed, data, loader = ready.arrays, ready.device, ready.speed, ready.data, ready.loader
