@@ -207,7 +207,6 @@ def _prepare(cfg: ExperimentConfig, arrays) -> _Ready:
 
 def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict | None, wandb) -> Outcome:
     from fastzhang import checkpoint
-
     from fastzhang.train import engine, state
 
     arrays, device, speed, data, loader = ready.arrays, ready.device, ready.speed, ready.data, ready.loader
@@ -243,7 +242,7 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict |
         hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=on_epoch,
                              checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=opts.quiet)
         if start is None:
-            save(False)  # epoch 0: a --force restart supersedes the old checkpoint at once
+            save(False)  # epoch 0: `status` sees the run, and a --force restart supersedes the old checkpoint
         finished = engine.train(cfg, run, data, loader, speed, hooks)
         if not finished:
             if logger:
