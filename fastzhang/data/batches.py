@@ -102,15 +102,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def step_span(plan: EpochPlan, step: int, batch_size: int, num_train: int) -> slice:
+    """Positions of step `step` (from 0) in the epoch plan; every loader checks its step here."""
+    n = plan.order.shape[0]
+    if n != num_train:
+        raise ValueError(f"epoch plan covers {n} images but the data set has {num_train}")
+    steps = steps_per_epoch(n, batch_size)
+    if not 0 <= step < steps:
+        raise ValueError(f"step {step} outside 0..{steps - 1}")
+    return slice(step * batch_size, min((step + 1) * batch_size, n))
+
+
 def train_batch(data: ResidentData, plan: EpochPlan, step: int, batch_size: int, *,
                 dtype: torch.dtype = torch.float32, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Step `step` (from 0) of the epoch `plan` describes: whitened crops and labels."""
-    n = plan.order.shape[0]
-    if n != data.num_train:
-        raise ValueError(f"epoch plan covers {n} images but the data set has {data.num_train}")
-    if not 0 <= step < steps_per_epoch(n, batch_size):
-        raise ValueError(f"step {step} outside 0..{steps_per_epoch(n, batch_size) - 1}")
-    span = slice(step * batch_size, (step + 1) * batch_size)
+    span = step_span(plan, step, batch_size, data.num_train)
     index = plan.order[span]
     x = preprocess(data.train_x, plan.offsets[span], dtype=dtype, channels_last=channels_last, index=index)
     return x, data.train_y.index_select(0, index)

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from fastzhang.data.batches import steps_per_epoch
+from fastzhang.data.batches import step_span
 from fastzhang.data.preprocess import CROP, MIN_STD
 from fastzhang.errors import UsageError
 
@@ -99,18 +99,11 @@ class DaliLoader:
 
     def train_batch(self, plan, step: int, *, dtype: torch.dtype = torch.float32, channels_last: bool = False):
         """(x, y) of batch `step` (from 0) of the epoch `plan`: x whitened [B, 3, 28, 28], y int64 [B]."""
-        # Same checks and errors as data.batches.train_batch: a bad step is a programming error.
-        n, num_train = plan.order.shape[0], self.data.train_x.shape[0]
-        if n != num_train:
-            raise ValueError(f"epoch plan covers {n} images but the data set has {num_train}")
-        steps = steps_per_epoch(n, self.batch_size)
-        if not 0 <= step < steps:
-            raise ValueError(f"step {step} outside 0..{steps - 1}")
-        lo, hi = step * self.batch_size, min((step + 1) * self.batch_size, n)
-        idx = plan.order[lo:hi]
+        span = step_span(plan, step, self.batch_size, self.data.train_x.shape[0])
+        idx = plan.order[span]
         images = self.data.train_x.index_select(0, idx)
-        anchors = self._host_anchors(plan)[lo:hi]
-        x = torch.empty((hi - lo, 3, CROP, CROP), dtype=torch.float32, device=self.device)
+        anchors = self._host_anchors(plan)[span]
+        x = torch.empty((idx.shape[0], 3, CROP, CROP), dtype=torch.float32, device=self.device)
         self._run(images, anchors, x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -28,7 +28,7 @@ def make_loader(name: str, data: batches.ResidentData, batch_size: int, *, dtype
         from kernels.preprocess_triton import fused_preprocess
 
         def fused(plan: batches.EpochPlan, step: int):
-            span = slice(step * batch_size, (step + 1) * batch_size)
+            span = batches.step_span(plan, step, batch_size, data.num_train)
             index = plan.order[span]
             x = fused_preprocess(data.train_x, index, plan.offsets[span], dtype=dtype, channels_last=channels_last)
             return x, data.train_y.index_select(0, index)
