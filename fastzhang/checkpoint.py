@@ -157,10 +157,13 @@ def _feed_tensor(h: Any, t: torch.Tensor, where: str) -> None:
 # ------------------------------------------------------------------------------------------
 # Save and load
 
-def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = True) -> Path:
+def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = True,
+         copy_to: str | Path | None = None) -> Path:
     """Write `payload` (plus format, format_version, checksum) atomically to `path`.
 
     With `keep_previous`, the file currently at `path` becomes `{stem}.prev.pth`.
+    `copy_to` (e.g. the best checkpoint) gets the same bytes first, without a
+    .prev: the payload is checksummed and serialized once for both files.
     Raises `WriteError` on disk full / permissions (old files intact), `TypeError`
     for a value that `torch.load(weights_only=True)` could not read back.
     """
@@ -178,10 +181,12 @@ def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = 
         except FileNotFoundError:
             pass
 
-    atomic_write(
-        path, lambda f: torch.save(full, f), what="checkpoint",
-        before_replace=rotate if keep_previous else None,
-    )
+    buffer = io.BytesIO()
+    torch.save(full, buffer)
+    data = buffer.getbuffer()
+    if copy_to is not None:
+        atomic_write(Path(copy_to), lambda f: f.write(data), what="checkpoint")
+    atomic_write(path, lambda f: f.write(data), what="checkpoint", before_replace=rotate if keep_previous else None)
     return path
 
 

@@ -225,10 +225,10 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict |
 
     def save(mid_epoch: bool) -> None:  # called only inside `with _stop_signals() as stop` below
         payload = state.to_payload(run, cfg, arrays.fingerprint)
+        improved = not mid_epoch and run.metrics["test_acc"] and run.metrics["test_acc"][-1] >= run.best_test_acc
         with stop.holding():
-            if not mid_epoch and run.metrics["test_acc"] and run.metrics["test_acc"][-1] >= run.best_test_acc:
-                checkpoint.save(payload, best, keep_previous=False)  # best first: a crash re-runs the epoch
-            checkpoint.save(payload, latest)
+            # best is written before latest: a crash between them re-runs the epoch
+            checkpoint.save(payload, latest, copy_to=best if improved else None)
 
     def on_epoch(row: dict) -> None:
         if logger:
