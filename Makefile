@@ -5,18 +5,26 @@ PYTHON   ?= python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
 FZ       := $(VENV)/bin/fastzhang
-# A CPU-only machine gets the local CPU build of torch; a machine with an NVIDIA GPU gets pip's CUDA build.
+# A machine without nvidia-smi gets torch==2.13.0: the CPU build only where pip's index serves one
+# (TORCH_INDEX_URL, or a local wheel folder pip is configured with); PyPI's Linux wheel is the CUDA
+# build. A machine with an NVIDIA GPU gets pip's latest CUDA build.
 TORCH    ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+# pip's index for torch alone, e.g. https://download.pytorch.org/whl/cpu for the small CPU-only wheel;
+# empty: pip's own configuration.
+TORCH_INDEX_URL ?=
 EXTRAS   ?= dev
 JOBS     ?= 1
 
-.PHONY: help setup setup-full test test-fast demo report bench bench-gpu table1 figure1a figure1b \
-        baseline random_labels all status clean-venv
+.PHONY: help setup setup-full test test-fast demo report bench bench-gpu gpu-check gpu-wheels table1 figure1a \
+        figure1b baseline random_labels all status clean-venv
 
 help:
 	@echo "make demo        set up, run the CPU demo (true vs random labels), write the report"
 	@echo "make test        set up with all extras and run the test suite (what CI runs)"
 	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/"
+	@echo "make gpu-check   first contact with a CUDA GPU, offline: correctness and speed in ~6 min"
+	@echo "                 (FASTZHANG_GPU_DRY_RUN=1: its plumbing on the CPU; bench/gpu_check/)"
+	@echo "make gpu-wheels  fill bench/wheels/ (needs package access) for gpu-check on an offline machine"
 	@echo "make bench-gpu   GPU benchmark suite (bench/gpu.sh), for a machine with CUDA"
 	@echo "make table1 | figure1a | figure1b | baseline | random_labels | all"
 	@echo "                 run a category of recipes (completed ones are skipped), then the report"
@@ -25,8 +33,8 @@ help:
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q --upgrade pip "setuptools>=77"  # make gpu-check's offline build uses it
+	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)") "$(TORCH)"
 	$(VENV)/bin/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
@@ -73,7 +81,15 @@ bench: setup-full
 	$(VENV)/bin/python bench/table.py bench/out/cpu.json | tee bench/out/cpu.md
 
 bench-gpu:
-	bash bench/gpu.sh
+	PYTHON=$(PYTHON) bash bench/gpu.sh
+
+# The GPU check runs on the machine's own Python (torch with CUDA, Triton, numpy, PyYAML, pytest):
+# no venv of ours. fastzhang and what that Python lacks come from bench/wheels/ (bench/gpu_check/).
+gpu-check:
+	PYTHONPATH=bench $(PYTHON) -m gpu_check
+
+gpu-wheels:
+	PYTHONPATH=bench $(PYTHON) -m gpu_check.wheels bench/wheels
 
 clean-venv:
 	rm -rf $(VENV)

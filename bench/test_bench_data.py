@@ -6,7 +6,7 @@ Paths, all producing whitened [128, 3, 28, 28] float32 batches at random crops:
 - resident: data.train_batch over an epoch plan, whole batches at once
   on the resident tensors;
 - dali: data.dali.DaliLoader on the same plan;
-- triton: kernels.preprocess_triton.fused_preprocess on the same plan (CUDA only).
+- triton: fastzhang.kernels.preprocess_triton.fused_preprocess on the same plan (CUDA only).
 On CUDA, every path ends with its batch on the GPU. Ratios are against the
 naive loader with 0 workers measured in the same session (bench/conftest.py).
 """
@@ -94,7 +94,7 @@ def test_dali_loader(benchmark, measure, resident, bench_device, naive_rate):
                     reason="the Triton kernel runs on CUDA only (its CPU interpreter is a test tool)")
 def test_triton_fused_preprocess(benchmark, measure, resident, bench_device, naive_rate):
     pytest.importorskip("triton", reason="triton is not installed (pip install 'fastzhang[triton]')")
-    from kernels.preprocess_triton import fused_preprocess
+    from fastzhang.kernels.preprocess_triton import fused_preprocess
 
     n = resident.num_train
     epochs = iter(range(1, 1_000_000))

@@ -4,10 +4,11 @@ Data: the real CIFAR-10 when FASTZHANG_DATA points to it, else the synthetic
 set at the same size (50,000 training and 10,000 test images); batches of 128,
 random crops, lr 0.01, momentum 0.9 (mlp1's paper setting).
 
-- fastzhang: what `fastzhang run` does for one epoch: the resident loader
-  (train/loaders.py), TrainStep with the speed switches `auto` resolves to on
-  this device, device-side loss/accuracy sums read once, then evaluation of the
-  test set under inference_mode (engine._train_epoch + engine._finish_epoch);
+- fastzhang: what `fastzhang run` does for one epoch (bench/workloads.py): the
+  loader `auto` picks (train/loaders.py), TrainStep with the speed switches `auto`
+  resolves to on this device, device-side loss/accuracy sums read once, then
+  evaluation of the test set under inference_mode (engine._train_epoch +
+  engine._finish_epoch);
 - naive: the same model, fp32 eager, fed by a per-sample DataLoader, with a
   `.item()` every step and a test pass (bench/naive.py); the baseline.
 
@@ -35,15 +36,14 @@ import torch
 import naive
 from clock import environment, timed
 from fastzhang import checkpoint
-from fastzhang.config import ExperimentConfig
-from fastzhang.data.batches import ResidentData
 from fastzhang.train import engine, state
 from fastzhang.train.fastpath import Speed, TrainStep, resolve_speed
-from fastzhang.train.loaders import make_loader
+from workloads import EPOCH_BATCH as BATCH
+from workloads import epoch_config as config
+from workloads import fastzhang_epoch
 
 CUDA = torch.cuda.is_available()
 MODELS = ("mlp1", "inception") if CUDA else ("mlp1",)
-BATCH = 128
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def full_size():
     """CifarArrays at CIFAR-10's size: the real set if FASTZHANG_DATA holds it, else synthetic."""
     root = os.environ.get("FASTZHANG_DATA")
     if root:
-        from fastzhang.data.cifar import load_dataset
+        from fastzhang.data.sources import load_dataset
 
         return load_dataset("cifar10", root, download=False)
     from fastzhang.data.synthetic import make_synthetic
@@ -59,32 +59,8 @@ def full_size():
     return make_synthetic(50_000, 10_000)
 
 
-def config(model: str, device: torch.device) -> ExperimentConfig:
-    return ExperimentConfig.from_mapping({"model": model, "dataset": "synthetic", "batch_size": BATCH,
-                                          "random_crop": True, "lr": 0.01, "device": device.type,
-                                          "epochs": 1_000})
-
-
-def fastzhang_epoch(model: str, arrays, device: torch.device):
-    """(one-epoch function, its Speed): the engine's own epoch and evaluation, nothing saved."""
-    cfg = config(model, device)
-    speed = resolve_speed(cfg, device)
-    data = ResidentData.build(arrays, randomization="none", corrupt_prob=0.0, seed=0, train_subset=None,
-                              device=device)
-    loader = make_loader("torch", data, BATCH, dtype=speed.input_dtype, channels_last=speed.channels_last)
-    run = engine.build_run(cfg, device, speed)
-    step = TrainStep(run.model, run.optimizer, speed)
-    hooks = engine.Hooks(save=lambda mid_epoch: None, quiet=True)
-
-    def epoch():
-        assert engine._train_epoch(cfg, run, data, loader, speed, step, hooks)
-        engine._finish_epoch(cfg, run, data, speed)
-
-    return epoch, speed, run
-
-
 def naive_epoch(model: str, arrays, device: torch.device):
-    from fastzhang.models import build_model
+    from fastzhang.models.build import build_model
 
     net = build_model(model, seed=0).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastzhang.models import build_model
+from fastzhang.models.build import build_model
 from fastzhang.models.lrn import torch_equivalent
 
 BATCH = 128

@@ -22,17 +22,15 @@ cold compile (the first one in a process also pays inductor's start-up).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
 
 from clock import timed
-from fastzhang.config import ExperimentConfig
-from fastzhang.data.batches import ResidentData, epoch_plan, train_batch
-from fastzhang.train import engine
-from fastzhang.train.fastpath import CONVOLUTIONAL, Speed, TrainStep
+from fastzhang.data.batches import ResidentData
+from fastzhang.models.registry import MODELS
+from fastzhang.train.fastpath import Speed
+from workloads import Steps, train_steps
 
 CUDA = torch.cuda.is_available()
 MODES = {
@@ -55,7 +53,7 @@ MODES_CPU = {
     "inception_no_bn": ("eager", "amp"),
 }
 MODES_CUDA = {
-    name: ("eager", "amp", *(("amp_cl",) if name in CONVOLUTIONAL else ()), "graphs", "full")
+    name: ("eager", "amp", *(("amp_cl",) if MODELS[name].convolutional else ()), "graphs", "full")
     for name in ("mlp1", "mlp3", "alexnet", "inception", "inception_no_bn")
 }
 MODES_CUDA["inception_no_bn"] = MODES_CUDA["inception_no_bn"][:-1]  # its compile ~ inception's: budget
@@ -73,37 +71,13 @@ def resident(bench_device):
                               train_subset=None, device=bench_device)
 
 
-@dataclass
-class Steps:
-    round: Callable[[], None]  # STEPS optimizer steps
-    first_step_s: float  # the first call: compile, graph warm-up and capture
-    batch: int
-    images: int  # per round
-
-
 def make_steps(model_name: str, mode: str, resident, device: torch.device) -> Steps:
     speed = Speed(**MODES[mode])
-    if model_name not in CONVOLUTIONAL:  # as resolve_speed's auto: an MLP only pays a copy for it
+    if not MODELS[model_name].convolutional:  # as resolve_speed's auto: an MLP only pays a copy for it
         speed = dataclasses.replace(speed, channels_last=False)
     batch, steps = (SIZES_CUDA if CUDA else SIZES_CPU)[model_name]
-    cfg = ExperimentConfig.from_mapping({"model": model_name, "dataset": "synthetic", "batch_size": batch,
-                                         "device": device.type})
-    run = engine.build_run(cfg, device, speed)
-    if speed.compile:
-        torch.compiler.reset()  # dynamo would reuse an earlier case's code for this model class
-    step = TrainStep(run.model, run.optimizer, speed, compile_mode=COMPILE_MODE.get(mode))
-    plan = epoch_plan(0, 1, resident.num_train, True, device)
-    batches = [train_batch(resident, plan, i, batch, dtype=speed.input_dtype, channels_last=speed.channels_last)
-               for i in range(2)]
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-
-    def round_():
-        for i in range(steps):
-            step(*batches[i % 2], loss_sum, correct)
-
-    first = timed(lambda: step(*batches[0], loss_sum, correct), device)
-    return Steps(round_, first, batch, batch * steps)
+    return train_steps(model_name, speed, resident, device, batch=batch, steps=steps,
+                       compile_mode=COMPILE_MODE.get(mode))
 
 
 @pytest.mark.parametrize("model_name,mode", CASES, ids=[f"{m}-{mode}" for m, mode in CASES])

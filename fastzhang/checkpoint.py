@@ -1,6 +1,6 @@
 """Checkpoints that are written atomically, verified on load and never lost.
 
-A checkpoint is a plain dict (see docs/architecture.md) saved with `torch.save`,
+A checkpoint is a plain dict (its schema: train/state.py) saved with `torch.save`,
 so `torch.load(path, weights_only=True)` reads it without running any code. On
 top of that:
 
@@ -11,6 +11,8 @@ top of that:
 * `save` writes through `atomic_write` and, just before the new file takes the
   final name, rotates the current one to `{stem}.prev.pth`. A crash between the
   two renames leaves no latest file but a good `.prev`, which `load_latest` uses.
+* File names live here too (`latest_path`, `best_path`); importing this module
+  does not import torch, so code that only names files stays fast.
 * `load` refuses anything that is not an intact fastzhang checkpoint with
   `CheckpointCorrupt`; `load_latest` falls back to `.prev` and moves a damaged file
   aside as `{name}.corrupt-{YYYYmmdd_HHMMSS}` (kept for inspection, never deleted,
@@ -29,8 +31,6 @@ import struct
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
-
-import torch
 
 from fastzhang.atomicio import atomic_write, fsync_dir
 from fastzhang.errors import CheckpointError, WriteError
@@ -108,6 +108,8 @@ def checksum(payload: Mapping[str, Any]) -> str:
 def _feed(h: Any, obj: Any, where: str) -> None:
     # Each value is tagged with its type and, where variable, its length, so two
     # different payloads never produce the same byte stream.
+    import torch  # already loaded by whoever built the payload; a dict lookup
+
     kind = type(obj)
     if obj is None:
         h.update(b"N")
@@ -145,7 +147,9 @@ def _tagged(h: Any, tag: bytes, data: bytes) -> None:
     h.update(data)
 
 
-def _feed_tensor(h: Any, t: torch.Tensor, where: str) -> None:
+def _feed_tensor(h: Any, t, where: str) -> None:
+    import torch
+
     if t.layout != torch.strided or t.is_quantized:
         raise TypeError(f"checkpoint {where}: only dense tensors can be stored, got layout {t.layout}")
     h.update(f"t{t.dtype}|{tuple(t.shape)}|".encode())
@@ -167,6 +171,8 @@ def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = 
     Raises `WriteError` on disk full / permissions (old files intact), `TypeError`
     for a value that `torch.load(weights_only=True)` could not read back.
     """
+    import torch
+
     path = Path(path)
     for key, value in (("format", FORMAT), ("format_version", FORMAT_VERSION)):
         if key in payload and payload[key] != value:
@@ -192,6 +198,8 @@ def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read and verify one checkpoint; `CheckpointCorrupt` unless it is intact."""
+    import torch
+
     path = Path(path)
     try:
         data = path.read_bytes()

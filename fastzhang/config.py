@@ -24,16 +24,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
 from fastzhang.errors import UsageError
+from fastzhang.models.registry import MODELS, default_lr
 
-MODELS = ("inception", "inception_no_bn", "alexnet", "mlp1", "mlp3")
-DATASETS = ("cifar10", "synthetic")
-RANDOMIZATIONS = ("none", "partial", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
 SWITCHES = ("auto", "on", "off")
-LOADERS = ("torch", "dali")
-
-# Appendix A of the paper: 0.1 for Inception, 0.01 for AlexNet and the MLPs.
-DEFAULT_LR = {"inception": 0.1, "inception_no_bn": 0.1, "alexnet": 0.01, "mlp1": 0.01, "mlp3": 0.01}
+SPEED_SWITCHES = ("amp", "compile", "cuda_graphs", "channels_last")  # train/fastpath.Speed's fields
+LOADERS = ("auto", "torch", "triton", "dali")  # train/loaders.py: only auto chooses
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -66,7 +63,7 @@ class ExperimentConfig:
     compile: str = "auto"
     cuda_graphs: str = "auto"
     channels_last: str = "auto"
-    loader: str = "torch"
+    loader: str = "auto"
     checkpoint_every_steps: int | None = None
     use_wandb: bool = False
 
@@ -112,7 +109,7 @@ class ExperimentConfig:
     # ---------------------------------------------------------------------------------
     @property
     def effective_lr(self) -> float:
-        return DEFAULT_LR[self.model] if self.lr is None else self.lr
+        return default_lr(self.model) if self.lr is None else self.lr
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment, with the learning rate resolved."""
@@ -180,10 +177,10 @@ def _choice(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None
 
 def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
     """Check ranges, then give equivalent experiments one spelling (and so one ID)."""
-    _choice(source, "model", cfg.model, MODELS)
+    _choice(source, "model", cfg.model, tuple(MODELS))
     _choice(source, "dataset", cfg.dataset, DATASETS)
     _choice(source, "randomization", cfg.randomization, RANDOMIZATIONS)
-    for key in ("amp", "compile", "cuda_graphs", "channels_last"):
+    for key in SPEED_SWITCHES:
         _choice(source, key, getattr(cfg, key), SWITCHES)
     _choice(source, "loader", cfg.loader, LOADERS)
     if not _DEVICE_RE.match(cfg.device):
@@ -223,7 +220,7 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
         changes = {"randomization": "none"}
     elif cfg.randomization in ("partial", "random_labels") and cfg.corrupt_prob in (0.0, 1.0):
         changes = {"randomization": "random_labels", "corrupt_prob": 1.0}
-    if cfg.lr is not None and cfg.lr == DEFAULT_LR[cfg.model]:
+    if cfg.lr is not None and cfg.lr == default_lr(cfg.model):
         changes["lr"] = None
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
@@ -274,7 +271,7 @@ def experiment_id(identity: Mapping[str, Any]) -> str:
         parts.append("corrupt" + _safe(_num(round(identity["corrupt_prob"] * 100, 6))))
     for key, tag in _EXTRA_TAGS:
         value = identity[key]
-        default = DEFAULT_LR.get(model) if key == "lr" else getattr(_DEFAULTS, key)
+        default = default_lr(model) if key == "lr" else getattr(_DEFAULTS, key)
         if value is not None and value != default:
             parts.append(tag + _safe(_num(value)))
     out = "_".join(parts)

@@ -13,18 +13,17 @@ import os
 import platform
 import signal
 import sys
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastzhang import __version__, results
-from fastzhang.config import ExperimentConfig
+from fastzhang.config import SPEED_SWITCHES, ExperimentConfig
 from fastzhang.errors import UsageError
 from fastzhang.lock import ExperimentLock
 from fastzhang.log import info, warn
+from fastzhang.stop import stop_signals
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,16 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
 
     # Refuse bad input before anything is written.
     given = _load_resume_file(cfg, opts.resume_from) if opts.resume_from else None
-    from fastzhang.data.cifar import load_dataset
+    from fastzhang.data.sources import load_dataset
 
     arrays = load_dataset(cfg.dataset, cfg.data_dir)
-    if given is not None:
-        _check_data(given, arrays)
-    wandb = _import_wandb() if cfg.use_wandb else None
-    ready = _prepare(cfg, arrays)  # device, train_subset, loader: refused here, before the lock file
-
     from fastzhang import checkpoint  # imports torch: only once the run will really start
+    from fastzhang.train import state
+
+    if given is not None:
+        state.check_data(given, arrays.fingerprint, arrays.source)
+    wandb = _import_wandb() if cfg.use_wandb else None
+    prepared = _prepare(cfg, arrays)  # device, train_subset, loader: refused here, before the lock file
 
     with ExperimentLock(opts.checkpoint_dir, eid):
         if not opts.force and opts.resume_from is None:
@@ -84,10 +84,10 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
             start = None
         else:
             found = checkpoint.load_latest(latest)
-            start = _check_identity(cfg, found[0], found[1]) if found else None
+            start = state.check_resumable(found[0], cfg, found[1]) if found else None
             if start is not None:
-                _check_data(start, arrays)
-        return _train(cfg, opts, ready, start, wandb)
+                state.check_data(start, arrays.fingerprint, arrays.source)
+        return _train(cfg, opts, arrays, prepared, start, wandb, latest)
 
 
 def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | None:
@@ -100,6 +100,7 @@ def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | Non
 
 def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
     from fastzhang import checkpoint
+    from fastzhang.train import state
 
     path = Path(path)
     if not path.is_file():
@@ -108,35 +109,7 @@ def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
         payload = checkpoint.load(path)
     except checkpoint.CheckpointCorrupt as e:
         raise UsageError(f"--resume-from {path}: {e.reason}") from None
-    return _check_identity(cfg, payload, path)
-
-
-# What train/state.py restores; an intact file without them was not written by a run.
-_RESUME_KEYS = (
-    "config", "epoch", "step_in_epoch", "global_step", "model_state_dict", "optimizer_state_dict",
-    "scheduler_state_dict", "best_test_acc", "all_metrics", "partial_epoch", "fit", "rng_state", "data_fingerprint",
-)
-
-
-def _check_identity(cfg: ExperimentConfig, payload: dict, path: Path) -> dict:
-    """A checkpoint is reused only for exactly the experiment it was written by."""
-    missing = [key for key in _RESUME_KEYS if key not in payload]
-    if "config" in missing:
-        raise UsageError(f"checkpoint {path} has no config: it was not written by `fastzhang run`")
-    try:
-        stored = ExperimentConfig.from_mapping(payload["config"], source=str(path))
-    except UsageError as e:
-        raise UsageError(f"checkpoint {path} holds an unreadable config ({e})") from None
-    theirs, ours = stored.identity(), cfg.identity()
-    diff = [f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
-    if diff:
-        raise UsageError(
-            f"checkpoint {path} belongs to a different configuration ({'; '.join(diff)}); "
-            "use --force to start over, or pick the matching checkpoint"
-        )
-    if missing:
-        raise UsageError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by `fastzhang run`")
-    return payload
+    return state.check_resumable(payload, cfg, path)
 
 
 def _import_wandb():
@@ -148,14 +121,6 @@ def _import_wandb():
 
 
 # ------------------------------------------------------------------------------------------
-
-
-def _check_data(start: dict, arrays) -> None:
-    if start["data_fingerprint"] != arrays.fingerprint:
-        raise UsageError(
-            f"the checkpoint was trained on data with fingerprint {str(start['data_fingerprint'])[:16]}…, "
-            f"but {arrays.source} has {arrays.fingerprint[:16]}…; use the same data or --force"
-        )
 
 
 def _remove_stale_temporaries(opts: RunOptions, eid: str) -> None:
@@ -178,23 +143,18 @@ def _remove_stale_temporaries(opts: RunOptions, eid: str) -> None:
         info(f"{eid}: removed {len(stale)} temporary file(s) left by an interrupted write")
 
 
-@dataclass(frozen=True)
-class _Ready:
-    """What training needs besides the checkpoint, built before the lock is taken."""
+def _prepare(cfg: ExperimentConfig, arrays) -> tuple:
+    """(data on the device, speed switches, loader): what training needs besides the checkpoint.
 
-    arrays: object
-    device: object
-    speed: object
-    data: object
-    loader: object
-
-
-def _prepare(cfg: ExperimentConfig, arrays) -> _Ready:
+    Built before the lock is taken, so a bad device, subset or loader is refused with
+    nothing written.
+    """
     from fastzhang.data.batches import ResidentData
-    from fastzhang.train.fastpath import resolve_device, resolve_speed
+    from fastzhang.train.fastpath import activate_device, resolve_device, resolve_speed
     from fastzhang.train.loaders import make_loader
 
     device = resolve_device(cfg.device)
+    activate_device(device)
     speed = resolve_speed(cfg, device)
     data = ResidentData.build(
         arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.seed,
@@ -202,33 +162,33 @@ def _prepare(cfg: ExperimentConfig, arrays) -> _Ready:
     )
     loader = make_loader(cfg.loader, data, cfg.batch_size, dtype=speed.input_dtype,
                          channels_last=speed.channels_last)
-    return _Ready(arrays, device, speed, data, loader)
+    return data, speed, loader
 
 
-def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict | None, wandb) -> Outcome:
+def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, start: dict | None, wandb,
+           latest: Path) -> Outcome:
     from fastzhang import checkpoint
     from fastzhang.train import engine, state
 
-    arrays, device, speed, data, loader = ready.arrays, ready.device, ready.speed, ready.data, ready.loader
-    run = engine.build_run(cfg, device, speed)
-    if start is not None:
-        state.restore(run, start)
-        if not opts.quiet:
-            info(f"{cfg.experiment_id}: resuming after epoch {run.epoch}"
-                 + (f", step {run.step_in_epoch}" if run.step_in_epoch else ""))
-    elif not opts.quiet:
-        info(f"{cfg.experiment_id}: starting on {device} ({_speed_text(speed)})")
-
-    latest = checkpoint.latest_path(opts.checkpoint_dir, cfg.experiment_id)
+    data, speed, loader = prepared
+    run = _start_run(cfg, opts, data.device, speed, start)
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
     logger = _WandbLogger(wandb, cfg, run, quiet=opts.quiet) if wandb else None
 
-    def save(mid_epoch: bool) -> None:  # called only inside `with _stop_signals() as stop` below
+    def save(mid_epoch: bool) -> None:  # called only inside `with stop_signals(...) as stop` below
         payload = state.to_payload(run, cfg, arrays.fingerprint)
-        improved = not mid_epoch and run.metrics["test_acc"] and run.metrics["test_acc"][-1] >= run.best_test_acc
         with stop.holding():
             # best is written before latest: a crash between them re-runs the epoch
-            checkpoint.save(payload, latest, copy_to=best if improved else None)
+            checkpoint.save(payload, latest, copy_to=best if state.is_best(run, mid_epoch) else None)
+
+    fallbacks: list[dict] = []
+
+    def on_fallback(switch: str, reason: str) -> None:
+        fallbacks.append({"switch": switch, "reason": reason})
+        warn(f"{cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}")
+
+    if loader.fallback:
+        on_fallback("loader", loader.fallback)
 
     def on_epoch(row: dict) -> None:
         if logger:
@@ -238,9 +198,10 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict |
                  f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% "
                  f"| {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s")
 
-    with _stop_signals() as stop:
+    # SIGTERM / SIGINT: finish the step, checkpoint and exit 143 / 130; a second signal insists
+    with stop_signals(interrupt_on_second=True) as stop:
         hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=on_epoch,
-                             checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=opts.quiet)
+                             on_fallback=on_fallback, quiet=opts.quiet)
         if start is None:
             save(False)  # epoch 0: `status` sees the run, and a --force restart supersedes the old checkpoint
         finished = engine.train(cfg, run, data, loader, speed, hooks)
@@ -248,64 +209,47 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, ready: _Ready, start: dict |
             if logger:
                 logger.finish(exit_code=1)
             raise Interrupted(stop.signum, latest)
-    payload = _results_payload(cfg, run, arrays, device)
+    payload = _results_payload(cfg, run, arrays, data.device)
+    payload["execution"] = _execution(data.device, speed, loader, fallbacks)
     path = results.write(opts.results_dir, payload)
     if logger:
         logger.finish(exit_code=0, summary=payload["metrics"])
     return Outcome("trained", cfg.experiment_id, path, payload)
 
 
+def _start_run(cfg: ExperimentConfig, opts: RunOptions, device, speed, start: dict | None):
+    """A fresh Run, or one restored from `start`, announced on stderr."""
+    from fastzhang.train import engine, state
+
+    run = engine.build_run(cfg, device, speed)
+    if start is not None:
+        state.restore(run, start)
+        if not opts.quiet:
+            info(f"{cfg.experiment_id}: resuming after epoch {run.epoch}"
+                 + (f", step {run.step_in_epoch}" if run.step_in_epoch else ""))
+    elif not opts.quiet:
+        info(f"{cfg.experiment_id}: starting on {device} ({_speed_text(speed)})")
+    return run
+
+
+# What a run does instead when a faster path fails (TrainStep, loaders.make_loader).
+_FALLBACK_TO = {
+    "cuda_graphs": "continuing without CUDA graphs (eager steps)",
+    "compile": "continuing without torch.compile",
+    "loader": "continuing with the torch loader",
+}
+
+
+def _execution(device, speed, loader, fallbacks: list[dict]) -> dict:
+    """How this session trained: the switches still on after any fallback, and the loader used."""
+    off = {f["switch"] for f in fallbacks}
+    switches = {name: getattr(speed, name) and name not in off for name in SPEED_SWITCHES}
+    return {"device": str(device), "switches": switches, "loader": loader.name, "fallbacks": list(fallbacks)}
+
+
 def _speed_text(speed) -> str:
-    on = [name for name in ("amp", "compile", "cuda_graphs", "channels_last") if getattr(speed, name)]
+    on = [name for name in SPEED_SWITCHES if getattr(speed, name)]
     return "fast path: " + ", ".join(on) if on else "fp32 eager"
-
-
-@dataclass
-class _StopFlag:
-    signum: int | None = None
-    writing: bool = False  # a checkpoint is being written: a second signal waits for it
-    insisted: bool = False
-
-    @contextmanager
-    def holding(self):
-        """Checkpoint writes finish before a second signal stops the run.
-
-        KeyboardInterrupt raised by a handler inside torch.save's writer callbacks
-        comes out as an unrelated RuntimeError (and a traceback); the file itself
-        is safe either way (atomicio). So the second signal is noted during the
-        write and acted on right after it.
-        """
-        self.writing = True
-        try:
-            yield
-        finally:
-            self.writing = False
-        if self.insisted:
-            raise KeyboardInterrupt
-
-
-@contextmanager
-def _stop_signals():
-    """SIGTERM / SIGINT ask the loop to finish its step, checkpoint and exit (143 / 130)."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signals are delivered to the main thread only (e.g. inside a Ray worker thread)
-        return
-
-    def handler(signum, frame):
-        if flag.signum is None:
-            flag.signum = signum
-        elif flag.writing:
-            flag.insisted = True
-        else:  # a second signal: the user insists
-            raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:

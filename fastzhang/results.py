@@ -33,6 +33,9 @@ METRIC_SERIES = (
 METRIC_SCALARS = ("best_test_acc", "final_train_acc", "final_test_acc", "fit_epoch", "fit_step")
 ENVIRONMENT_KEYS = ("fastzhang", "torch", "python", "device", "platform")
 THROUGHPUT_KEYS = ("mean_images_per_second", "train_seconds")
+# How the finishing session trained: device, the speed switches in use after any fallback, the
+# loader, and the fallbacks taken. Optional: files written before it existed stay valid.
+EXECUTION_KEYS = ("device", "switches", "loader", "fallbacks")
 # (field, accepted JSON types, may be null)
 TOP_LEVEL = (
     ("schema_version", int, False), ("experiment_id", str, False), ("config", dict, False),
@@ -57,11 +60,6 @@ class ResultsEntry:
             return self.payload["experiment_id"]
         m = _NAME_RE.match(self.path.name)
         return m["id"] if m else None
-
-
-def now_timestamp() -> str:
-    """The `timestamp` to put in a payload: local time, ISO 8601 with its UTC offset."""
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _parse_timestamp(value: Any) -> dt.datetime | None:
@@ -94,9 +92,12 @@ def validate(payload: Any) -> str | None:
         return "experiment_id is empty"
     if _parse_timestamp(payload["timestamp"]) is None:
         return f"timestamp {payload['timestamp']!r} is not YYYYmmdd_HHMMSS or ISO 8601"
-    return _metrics_problem(payload["metrics"]) or _keys_problem(
-        payload, (("environment", ENVIRONMENT_KEYS), ("throughput", THROUGHPUT_KEYS))
-    )
+    groups = (("environment", ENVIRONMENT_KEYS), ("throughput", THROUGHPUT_KEYS))
+    if "execution" in payload:
+        if not isinstance(payload["execution"], dict):
+            return f"field 'execution' should be an object, found {payload['execution']!r:.40}"
+        groups += (("execution", EXECUTION_KEYS),)
+    return _metrics_problem(payload["metrics"]) or _keys_problem(payload, groups)
 
 
 def _type_problem(key: str, value: Any, kind: type, nullable: bool) -> str | None:

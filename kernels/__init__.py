@@ -1,4 +1,4 @@
-"""Triton kernels, each beside its torch reference and tested against it.
+"""Triton kernels, each beside its torch reference and tested against it; installed as fastzhang.kernels.
 
 preprocess_triton.fused_preprocess: gather + crop + per-image whitening + cast in
 one kernel; reference fastzhang.data.preprocess.preprocess. Importing this package

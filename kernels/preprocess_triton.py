@@ -33,11 +33,23 @@ assert NUM_PIXELS <= BLOCK
 OUT_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def available() -> bool:
-    """Triton is importable and can run: on a CUDA device, or in its CPU interpreter."""
+def unavailable(device: torch.device | str | None = None) -> str | None:
+    """Why the kernel cannot run on `device` (None: on any device of this machine), or None if it can.
+
+    It runs on CUDA, or anywhere under Triton's CPU interpreter (TRITON_INTERPRET=1,
+    read by triton when it is first imported: the tests set it for a child process).
+    """
     if triton is None:
-        return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+        return "needs triton: pip install 'fastzhang[triton]'"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return None
+    on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    return None if on_cuda else "needs a CUDA device (or TRITON_INTERPRET=1, Triton's CPU interpreter)"
+
+
+def available(device: torch.device | str | None = None) -> bool:
+    """Triton is importable and can run on `device`: a CUDA device, or any under its CPU interpreter."""
+    return unavailable(device) is None
 
 
 if triton is not None:
@@ -129,10 +141,11 @@ def fused_preprocess(
     are int64 on its device.
     """
     if triton is None:
-        raise UsageError("the Triton kernels need triton: pip install 'fastzhang[triton]'")
+        raise UsageError(f"the Triton kernel {unavailable()}")
     _check_inputs(images_u8, idx, offsets, dtype)
-    if not available():
-        raise UsageError("the Triton kernels run on CUDA (or on the CPU under TRITON_INTERPRET=1, for tests)")
+    why = unavailable(images_u8.device)
+    if why:
+        raise UsageError(f"the Triton kernel {why}; the images are on {images_u8.device}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((idx.shape[0], 3, CROP, CROP), dtype=dtype, device=images_u8.device, memory_format=fmt)
     if idx.shape[0] == 0:

@@ -4,7 +4,7 @@
 loader reads exactly like the real one (python pickles in the official Python 2
 style, the binary records, or the gzip tarball) and returns the arrays it holds,
 so a test compares what was loaded with what was written. Load it with
-`load_cifar10(fx.root, per_batch=fx.per_batch)`.
+`sources.load_cifar10(fx.root, per_batch=fx.per_batch)`.
 
 The fault-injection tests (test_faults_*.py, test_bad_input.py) share the helpers
 at the end: `Fz` runs a real `fastzhang` process, `reference_run` trains an

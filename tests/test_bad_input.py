@@ -8,6 +8,7 @@ The network is off limits: a case that tried to download would fail.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -109,7 +110,7 @@ CASES = [
     Case("device-tpu", ["run", *TINY, "--device", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
     Case("amp-yes", ["run", *TINY, "--amp", "yes"], "amp must be one of auto, on, off"),
     Case("cuda-graphs-on-cpu", ["run", *TINY, "--cuda-graphs", "on"], "cuda_graphs 'on' needs a CUDA device"),
-    Case("unknown-loader", ["run", *TINY, "--loader", "ray"], "loader must be one of torch, dali"),
+    Case("unknown-loader", ["run", *TINY, "--loader", "ray"], "loader must be one of auto, torch, triton, dali"),
     # flags
     Case("not-a-number", ["run", *TINY, "--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
     Case("unknown-flag", ["run", *TINY, "--learning-rate", "0.1"], "unrecognized arguments: --learning-rate 0.1"),
@@ -137,6 +138,8 @@ CASES = [
 if not torch.cuda.is_available():
     CASES.append(Case("device-cuda-without-cuda", ["run", *TINY, "--device", "cuda"],
                       "device 'cuda' requested but CUDA is not available on this machine"))
+if os.environ.get("TRITON_INTERPRET") != "1":  # the interpreter runs the kernel on the CPU
+    CASES.append(Case("triton-loader-on-cpu", ["run", *TINY, "--loader", "triton"], "loader 'triton' needs "))
 # These also run as real processes (the exit code of the process, not of main()).
 IN_A_PROCESS = ("broken-yaml", "not-a-number", "missing-data-folder", "train-subset-too-large", "resume-from-empty",
                 "negative-lr")
@@ -177,6 +180,20 @@ def test_bad_input_is_refused_in_process(case, tmp_path, monkeypatch, capsys, no
     monkeypatch.chdir(cwd)
     if case.tiny_cifar:
         monkeypatch.setattr(cifar, "PER_BATCH", 20)
+    code = run_cli(argv)
+    captured = capsys.readouterr()
+    assert_refused(case, cwd, before, code, captured.out, captured.err)
+
+
+def test_dali_loader_without_nvidia_dali_is_refused(tmp_path, monkeypatch, capsys, no_network):
+    from fastzhang.data import dali
+
+    monkeypatch.setattr(dali, "available", lambda: False)
+    case = Case("dali-loader-without-dali", ["run", *TINY, "--loader", "dali"],
+                "loader 'dali' needs nvidia-dali: pip install 'fastzhang[dali]'")
+    cwd = tmp_path / "work"
+    argv, before = prepare(case, cwd)
+    monkeypatch.chdir(cwd)
     code = run_cli(argv)
     captured = capsys.readouterr()
     assert_refused(case, cwd, before, code, captured.out, captured.err)

@@ -171,3 +171,153 @@ def test_gpu_pipeline_matches_the_resident_torch_loader_on_cuda():
             rtol = 2 * BF16_UNIT_ROUNDOFF if dtype == torch.bfloat16 else 0  # one bf16 ulp apart at most
             torch.testing.assert_close(x.float(), want_x.float(), rtol=rtol, atol=1e-5)
             assert torch.equal(y, want_y)
+
+
+# ------------------------------------------------------------------------------------------
+# Feeding ahead: step k + 1 is fed while step k trains; any order of calls gives the same batches.
+
+N, BATCH = 260, 100  # three steps an epoch, the last one of 60 images
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """(data, plans, reference): reference[(epoch, step)] is the batch a fresh pipeline gives for that step alone."""
+    from fastzhang.data import batches
+    from fastzhang.data.synthetic import make_synthetic
+
+    data = batches.ResidentData.build(make_synthetic(N, 10), randomization="none", corrupt_prob=0.0, seed=3,
+                                      train_subset=None, device="cpu")
+    plans = {epoch: batches.epoch_plan(5, epoch, N, True, "cpu") for epoch in (1, 2)}
+    reference = {(epoch, step): dali.DaliLoader(data, BATCH, device="cpu").train_batch(plans[epoch], step)
+                 for epoch in plans for step in range(batches.steps_per_epoch(N, BATCH))}
+    return data, plans, reference
+
+
+def assert_reference(loader, plan, key, reference):
+    x, y = loader.train_batch(plan, key[1])
+    assert torch.equal(x, reference[key][0]) and torch.equal(y, reference[key][1]), key
+
+
+@needs_dali
+def test_sequential_epochs_equal_the_step_alone_and_the_torch_loader(synthetic):
+    from fastzhang.data import batches
+
+    data, plans, reference = synthetic
+    loader = dali.DaliLoader(data, BATCH, device="cpu")
+    for epoch in (1, 2):  # across the epoch boundary, each epoch ending with its partial batch
+        for step in range(3):
+            assert_reference(loader, plans[epoch], (epoch, step), reference)
+            want_x, want_y = batches.train_batch(data, plans[epoch], step, BATCH)
+            torch.testing.assert_close(reference[(epoch, step)][0], want_x, rtol=0, atol=1e-5)
+            assert torch.equal(reference[(epoch, step)][1], want_y)
+
+
+@needs_dali
+def test_random_access_and_resumes_give_the_same_batches(synthetic):
+    from fastzhang.data import batches
+
+    data, plans, reference = synthetic
+    loader = dali.DaliLoader(data, BATCH, device="cpu")
+    for key in [(1, 2), (2, 0), (1, 0), (1, 0), (2, 2), (2, 1), (1, 1), (2, 0), (2, 1), (2, 2)]:
+        assert_reference(loader, plans[key[0]], key, reference)
+    # A resume mid-epoch: a new process regenerates the plan and starts at the saved step.
+    resumed = dali.DaliLoader(data, BATCH, device="cpu")
+    again = batches.epoch_plan(5, 2, N, True, "cpu")
+    for step in (1, 2):
+        assert_reference(resumed, again, (2, step), reference)
+    assert_reference(loader, again, (2, 1), reference)  # an equal plan, but not the one fed ahead for
+
+
+class Spy:
+    """Records the pipeline's feeds (by step), schedules and outputs, and still calls DALI for each."""
+
+    def __init__(self, monkeypatch, loader, plan, fail_schedule=None):
+        self.log, self.plan, self.fail_schedule = [], plan, fail_schedule
+        pipe = loader._pipe
+        feed, schedule, outputs = pipe.feed_input, pipe.schedule_run, pipe.outputs
+
+        def feed_input(name, data, **kw):
+            if name == "anchors":
+                offsets = self.plan.offsets.to(torch.int32)
+                self.log.append(next(f"feed {s}" for s in range(3)
+                                     if torch.equal(torch.from_numpy(data), offsets[s * BATCH:(s + 1) * BATCH])))
+            return feed(name, data, **kw)
+
+        def schedule_run():
+            self.log.append("schedule")
+            if self.fail_schedule is not None and self.log.count("schedule") == self.fail_schedule:
+                raise RuntimeError("injected")
+            return schedule()
+
+        def take(*a, **kw):
+            self.log.append("outputs")
+            return outputs(*a, **kw)
+
+        monkeypatch.setattr(pipe, "feed_input", feed_input)
+        monkeypatch.setattr(pipe, "schedule_run", schedule_run)
+        monkeypatch.setattr(pipe, "outputs", take)
+
+
+@needs_dali
+def test_step_k_plus_1_is_fed_and_scheduled_before_step_k_is_returned(synthetic, monkeypatch):
+    data, plans, reference = synthetic
+    loader = dali.DaliLoader(data, BATCH, device="cpu")
+    spy = Spy(monkeypatch, loader, plans[1])
+    assert_reference(loader, plans[1], (1, 0), reference)
+    assert spy.log == ["feed 0", "schedule", "outputs", "feed 1", "schedule"]
+    del spy.log[:]
+    assert_reference(loader, plans[1], (1, 1), reference)
+    assert spy.log == ["outputs", "feed 2", "schedule"]  # step 1 was waiting: only step 2 is fed
+    del spy.log[:]
+    assert_reference(loader, plans[1], (1, 2), reference)
+    assert spy.log == ["outputs"]  # the last step: the next epoch's plan is the caller's
+    del spy.log[:]
+    assert_reference(loader, plans[1], (1, 0), reference)
+    assert_reference(loader, plans[1], (1, 2), reference)  # not the step fed ahead: it is dropped unused
+    assert spy.log == ["feed 0", "schedule", "outputs", "feed 1", "schedule", "outputs", "feed 2", "schedule",
+                       "outputs"]
+
+
+@needs_dali
+def test_a_call_that_fails_half_fed_does_not_shift_later_batches(synthetic, monkeypatch):
+    data, plans, reference = synthetic
+    loader = dali.DaliLoader(data, BATCH, device="cpu")
+    spy = Spy(monkeypatch, loader, plans[1], fail_schedule=2)  # step 1 fed ahead, its run never scheduled
+    with pytest.raises(RuntimeError, match="injected"):
+        loader.train_batch(plans[1], 0)
+    assert spy.log == ["feed 0", "schedule", "outputs", "feed 1", "schedule"]
+    # The old pipeline still holds step 1's inputs; a fresh one gives step 2, not step 1.
+    assert_reference(loader, plans[1], (1, 2), reference)
+    assert_reference(loader, plans[1], (1, 0), reference)
+
+
+@needs_dali
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline needs CUDA (run by bench/gpu.sh)")
+def test_cuda_batches_fed_ahead_are_right_behind_queued_work():
+    """Sequential steps with a long queue of torch work after each, as training leaves it.
+
+    Step k + 1 is gathered and fed on torch's stream, then DALI runs it on its own
+    stream while torch's stream is busy: a missing wait on either side (DALI reading
+    the gather before it is done, or reusing step k's output buffer before torch's
+    copy of it) shows up as wrong values.
+    """
+    from fastzhang.data import batches
+    from fastzhang.data.synthetic import make_synthetic
+
+    data = batches.ResidentData.build(make_synthetic(N, 10), randomization="none", corrupt_prob=0.0, seed=3,
+                                      train_subset=None, device="cuda")
+    loader = dali.DaliLoader(data, BATCH, device="cuda")
+    plans = {epoch: batches.epoch_plan(5, epoch, N, True, "cuda") for epoch in (1, 2)}
+    got = {}
+    busy = torch.randn(2048, 2048, device="cuda")
+    for epoch in (1, 2):
+        for step in range(3):
+            got[(epoch, step)] = loader.train_batch(plans[epoch], step)
+            for _ in range(20):  # milliseconds of work queued behind the batch
+                busy = busy @ busy
+                busy = busy / busy.norm()
+    torch.cuda.synchronize()
+    for (epoch, step), (x, y) in got.items():
+        want_x, want_y = batches.train_batch(data, plans[epoch], step, BATCH)
+        torch.testing.assert_close(x, want_x, rtol=0, atol=1e-5)
+        assert torch.equal(y, want_y)

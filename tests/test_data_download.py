@@ -15,7 +15,7 @@ import pytest
 from conftest import cifar_arrays, make_cifar_dir, write_tarball
 
 from fastzhang.data import cifar, download
-from fastzhang.data.cifar import load_cifar10, load_dataset
+from fastzhang.data.sources import load_cifar10, load_dataset
 from fastzhang.errors import DataError
 
 
@@ -44,7 +44,7 @@ def test_extraction_is_cached_by_sha256(cifar_tarball, isolated_cache, monkeypat
     [folder] = _extractions(isolated_cache)
     assert folder.name == f"cifar-10-batches-py-{digest[:32]}"
     assert first.batches_dir == str(folder) and first.source == str(cifar_tarball.path)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*download.BATCH_FILES["python"]])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*cifar.BATCH_FILES["python"]])
     before = _snapshot(folder)
 
     def no_reextract(*a, **k):

@@ -12,7 +12,7 @@ import pytest
 from conftest import batch_dict, py2_pickle
 
 from fastzhang.data import safe_pickle
-from fastzhang.data.cifar import load_cifar10
+from fastzhang.data.sources import load_cifar10
 from fastzhang.errors import DataError
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fastzhang.data.batches import ResidentData, epoch_plan, eval_batches, steps_per_epoch, train_batch
-from fastzhang.data.cifar import content_fingerprint, fingerprint, load_dataset
+from fastzhang.data.cifar import content_fingerprint, fingerprint
+from fastzhang.data.sources import load_dataset
 from fastzhang.data.synthetic import make_synthetic
 
 

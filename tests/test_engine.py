@@ -54,7 +54,7 @@ def assert_same_run(a: dict, b: dict) -> None:
 def stop_requested_after(monkeypatch, *, epoch: int | None = None, steps: int | None = None):
     """Deliver a stop request, as SIGTERM would, after `epoch` epochs or after `steps` optimizer steps."""
     original_finish, original_step, original_signals = engine._finish_epoch, engine.TrainStep.__call__, \
-        experiment._stop_signals
+        experiment.stop_signals
     holder, count = {}, [0]
 
     def finish(cfg, run, *args):
@@ -70,15 +70,15 @@ def stop_requested_after(monkeypatch, *, epoch: int | None = None, steps: int | 
             holder["flag"].signum = signal.SIGTERM
 
     @contextmanager
-    def signals():
-        with original_signals() as flag:
+    def signals(**kwargs):
+        with original_signals(**kwargs) as flag:
             holder["flag"] = flag
             yield flag
 
     with monkeypatch.context() as m:
         m.setattr(engine, "_finish_epoch", finish)
         m.setattr(engine.TrainStep, "__call__", step)
-        m.setattr(experiment, "_stop_signals", signals)
+        m.setattr(experiment, "stop_signals", signals)
         yield
 
 

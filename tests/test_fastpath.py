@@ -26,7 +26,7 @@ from fastzhang.config import ExperimentConfig
 from fastzhang.data.batches import ResidentData, epoch_plan, steps_per_epoch
 from fastzhang.data.synthetic import make_synthetic
 from fastzhang.errors import UsageError
-from fastzhang.models import build_model
+from fastzhang.models.build import build_model
 from fastzhang.train import engine, state
 from fastzhang.train.fastpath import (
     Speed, TrainStep, _clone_tree, _restore_optimizer, cpu_has_native_bf16, evaluate, resolve_speed,
@@ -349,7 +349,7 @@ def _cuda_steps(name: str, speed: Speed, *, graphs: bool, epochs: int = 2, n: in
     device = torch.device("cuda")
     resident = ResidentData.build(make_synthetic(n, 16), randomization="none", corrupt_prob=0.0, seed=0,
                                   train_subset=None, device=device)
-    loader = make_loader("torch", resident, batch, dtype=speed.input_dtype, channels_last=speed.channels_last)
+    loader = make_loader("auto", resident, batch, dtype=speed.input_dtype, channels_last=speed.channels_last)
     run = engine.build_run(cfg, device, dataclasses.replace(speed, cuda_graphs=True))
     step = TrainStep(run.model, run.optimizer, dataclasses.replace(speed, cuda_graphs=graphs))
     sums = []

@@ -20,14 +20,14 @@ from fastzhang.errors import UsageError
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'fastzhang[triton]')")
 
-from kernels.preprocess_triton import fused_preprocess  # noqa: E402
+from fastzhang.kernels.preprocess_triton import fused_preprocess, unavailable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BF16_UNIT_ROUNDOFF = 2.0**-8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHILD = """
 import sys, torch
-from kernels.preprocess_triton import available, fused_preprocess
+from fastzhang.kernels.preprocess_triton import available, fused_preprocess
 assert available()
 cases = torch.load(sys.argv[1])
 out = {name: fused_preprocess(c["images"], c["idx"], c["offsets"],
@@ -177,8 +177,11 @@ def test_bad_inputs_are_refused_before_launch(change, message):
         fused_preprocess(*change(images, idx, offsets))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cpu_tensors_without_the_interpreter_are_a_usage_error(monkeypatch):
+    """Refused before launch, with or without CUDA on the machine (a GPU kernel must not get host pointers)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(UsageError, match="the Triton kernels run on CUDA"):
+    assert unavailable("cpu") == "needs a CUDA device (or TRITON_INTERPRET=1, Triton's CPU interpreter)"
+    with pytest.raises(UsageError, match=r"the Triton kernel needs a CUDA device .*; the images are on cpu"):
         fused_preprocess(*random_batch())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert unavailable("cpu") is None

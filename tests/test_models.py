@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastzhang.cli import main
-from fastzhang.models import PAPER_PARAMS, REGISTRY, build_model, count_trainable, forward_flops
+from fastzhang.models.build import build_model
+from fastzhang.models.measure import count_trainable, forward_flops
+from fastzhang.models.registry import MODELS
 from fastzhang.models.inception import STAGES, BatchNormShift
 from fastzhang.models.lrn import (
     TF_ALPHA,
@@ -20,7 +22,7 @@ from fastzhang.models.lrn import (
     torch_equivalent,
 )
 
-NAMES = list(REGISTRY)
+NAMES = list(MODELS)
 TABLE1 = {
     "inception": 1_649_402,
     "inception_no_bn": 1_649_402,
@@ -44,8 +46,8 @@ def models() -> dict[str, nn.Module]:
 
 
 def test_registry_names_and_paper_counts():
-    assert set(REGISTRY) == set(TABLE1)
-    assert PAPER_PARAMS == TABLE1
+    assert set(MODELS) == set(TABLE1)
+    assert {name: entry.paper_params for name, entry in MODELS.items()} == TABLE1
 
 
 @pytest.mark.parametrize("name", NAMES)

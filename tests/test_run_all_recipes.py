@@ -1,14 +1,17 @@
 """recipes/run_all_recipes.sh: runs, skips, fails, busy, dedup, parallel jobs, signals.
 
-Most tests drive the real script with a small fake `fastzhang` (a bash script that
-follows `fastzhang run`'s exit-code contract), so each takes a second or less; the
-last one runs the real `fastzhang run` on tiny synthetic recipes and reads the
-results back with the report.
+The script is a wrapper over `fastzhang batch`. Most tests drive the real script
+and the real batch, whose runs are a small fake `fastzhang run` (a bash script
+that follows run's contract: exit codes, and a results file naming its writer),
+so each takes a second or two; the last one runs the real `fastzhang run` on tiny
+synthetic recipes and reads the results back with the report.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -17,26 +20,45 @@ from pathlib import Path
 
 import pytest
 
+from fastzhang import results
 from fastzhang.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "recipes" / "run_all_recipes.sh"
 
-# Behaves like `fastzhang run`: exit 0 and "EXPERIMENT ALREADY COMPLETED" for a completed
-# recipe, 2 for a recipe it cannot load, 3 when locked. Recipe files carry the behaviour
-# in a comment (`# fake: ...`) so the fake needs no YAML parser.
+# `fastzhang batch` is the real one, with its pool's runs started as the fake (FAKE_BATCH).
+# The fake behaves like `fastzhang run`: exit 0 after writing a results file that names its
+# pid, exit 0 and "EXPERIMENT ALREADY COMPLETED" without writing when a completed one exists,
+# 3 when locked. Recipe files carry the behaviour in a comment (`# fake: ...`) so the fake
+# needs no YAML parser; the batch tells it the experiment ID (--fake-id).
 FAKE = r"""#!/usr/bin/env bash
+[[ $1 == batch ]] && exec "$FASTZHANG_PYTHON" -c "$FAKE_BATCH" "$@"
 [[ $1 == run ]] || { echo "fake: expected run, got $1" >&2; exit 1; }
 shift
 all_args=" $* "
-config=""
+config="" id="" results_dir="" prev=""
 while (($#)); do
-    case $1 in --config) config=$2; shift 2 ;; *) echo "flag $1" >>"$FAKE_STATE/flags"; shift ;; esac
+    case $1 in
+        --config) config=$2; shift 2; continue ;;
+        --fake-id) id=$2; shift 2; continue ;;
+    esac
+    [[ $prev == --results-dir ]] && results_dir=$1
+    echo "flag $1" >>"$FAKE_STATE/flags"; prev=$1; shift
 done
 name=$(basename "$config" .yaml)
 echo "$config" >>"$FAKE_STATE/calls"
-if grep -q '^# fake: broken' "$config"; then echo "fastzhang: error: $config: broken YAML" >&2; exit 2; fi
+write_results() {  # pid
+    mkdir -p "$results_dir"
+    sed -e "s/@ID@/$id/" -e "s/\"@PID@\"/$1/" "$FAKE_STATE/template.json" \
+        >"$results_dir/${id}_$(date +%Y%m%d_%H%M%S)_$$.json"
+}
 if grep -q '^# fake: locked' "$config"; then echo "fastzhang: error: locked by pid 1" >&2; exit 3; fi
+if grep -q '^# fake: completed-elsewhere' "$config"; then  # another process finished it meanwhile
+    write_results 1; printf 'EXPERIMENT ALREADY COMPLETED\n  id: %s\n' "$name"; exit 0
+fi
+if grep -q '^# fake: says-completed' "$config"; then  # trains, but its output looks like a skip
+    write_results $$; printf 'EXPERIMENT ALREADY COMPLETED\n  id: %s\n' "$name"; exit 0
+fi
 if grep -q '^# fake: wait-for ' "$config"; then  # prove parallelism: wait until the other one started
     other=$(sed -n 's/^# fake: wait-for //p' "$config")
     touch "$FAKE_STATE/started.$name"
@@ -49,15 +71,41 @@ if grep -q '^# fake: sleep-until-signal' "$config"; then
     touch "$FAKE_STATE/ready.$name"
     while :; do sleep 0.05; done
 fi
-done_file="$FAKE_STATE/done.$(printf %s "$config" | tr / _)"
-if [[ -e $done_file && $all_args != *" --force "* ]]; then
+if [[ -n $(compgen -G "$results_dir/${id}_*.json") && $all_args != *" --force "* ]]; then
     printf 'EXPERIMENT ALREADY COMPLETED\n  id: %s\n' "$name"; exit 0
 fi
 echo "fake: trained $name"
-touch "$done_file"
+write_results $$
+"""
+
+# `fastzhang batch` as the program itself, its pool starting each run as the fake.
+FAKE_BATCH = """
+import os, sys
+from fastzhang.batch import local
+from fastzhang.cli import main
+real = local.run_command
+local.run_command = lambda task, opts, *, pinned: [
+    os.environ["FASTZHANG"], *real(task, opts, pinned=pinned)[3:], "--fake-id", task.experiment_id]
+sys.exit(main())
 """
 
 GOOD = "model: mlp1\ndataset: synthetic\nepochs: {epochs}\n"
+ID_A = "mlp1_synthetic_baseline_ep1"  # GOOD with epochs 1
+
+
+def results_template() -> str:
+    """A valid completed results payload, with @ID@ and "@PID@" for the fake to fill in."""
+    payload = {
+        "schema_version": results.SCHEMA_VERSION, "experiment_id": "@ID@", "config": {},
+        "metrics": {**{k: [1.0] for k in results.METRIC_SERIES}, **{k: 1.0 for k in results.METRIC_SCALARS}},
+        "timestamp": "20250101_000000", "completed": True, "total_epochs": 1, "target_epochs": 1,
+        "stopped_early": False, "data_fingerprint": None, "data_fingerprint_name": None,
+        "environment": {**{k: "fake" for k in results.ENVIRONMENT_KEYS}, "hostname": platform.node(),
+                        "pid": "@PID@"},
+        "throughput": {k: 1.0 for k in results.THROUGHPUT_KEYS},
+    }
+    assert results.validate(payload) is None
+    return json.dumps(payload)
 
 
 @pytest.fixture
@@ -69,12 +117,14 @@ def env(tmp_path):
     fake = fake_dir / "fastzhang"
     fake.write_text(FAKE)
     fake.chmod(0o755)
+    (state / "template.json").write_text(results_template())
     return {
         **os.environ,
         "PATH": f"{fake_dir}{os.pathsep}{os.environ['PATH']}",
         "FASTZHANG": str(fake),
         "FASTZHANG_PYTHON": sys.executable,
         "FAKE_STATE": str(state),
+        "FAKE_BATCH": FAKE_BATCH,
     }
 
 
@@ -85,10 +135,11 @@ def recipe(root: Path, rel: str, body: str, fake: str | None = None) -> Path:
     return path
 
 
-def run_script(env, *args, recipes_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_script(env, *args, recipes_dir: Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The script from `cwd`, where the batch's default checkpoints/ and results/ go."""
     return subprocess.run(
         ["bash", str(SCRIPT), "--recipes-dir", str(recipes_dir), *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
 
 
@@ -102,79 +153,93 @@ def test_runs_then_skips_completed(tmp_path, env):
     a = recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1))
     b = recipe(rdir, "tiny/b.yaml", GOOD.format(epochs=2))
 
-    first = run_script(env, "--category", "tiny", recipes_dir=rdir)
+    first = run_script(env, "--category", "tiny", recipes_dir=rdir, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert calls(env) == [str(a), str(b)]
-    assert "2 ran, 0 skipped (already completed), 0 busy elsewhere, 0 failed" in first.stdout
+    assert ("== summary for category tiny: 2 ran, 0 skipped (already completed), 0 busy elsewhere, 0 failed"
+            in first.stdout)  # the old script's summary line, word for word
     assert "fake: trained a" in first.stdout  # the run's own output reaches the user
-    assert "(mlp1_synthetic_baseline_ep1)" in first.stdout  # IDs come from fastzhang.config
+    assert f"({ID_A})" in first.stdout  # IDs come from fastzhang.config
     flags = (Path(env["FAKE_STATE"]) / "flags").read_text().split("\n")
     assert flags.count("flag --quiet") == 2
 
-    second = run_script(env, "--category", "tiny", recipes_dir=rdir)
+    second = run_script(env, "--category", "tiny", recipes_dir=rdir, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0 ran, 2 skipped (already completed), 0 busy elsewhere, 0 failed" in second.stdout
+
+
+def test_outcome_comes_from_the_results_files_not_the_output(tmp_path, env):
+    rdir = tmp_path / "recipes"
+    recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="completed-elsewhere")
+    recipe(rdir, "tiny/b.yaml", GOOD.format(epochs=2), fake="says-completed")
+    out = run_script(env, "--category", "tiny", recipes_dir=rdir, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # a: exit 0, the results file is another process's; b: exit 0, its own, whatever it printed
+    assert "1 ran, 1 skipped (already completed), 0 busy elsewhere, 0 failed" in out.stdout
+    assert out.stdout.count("EXPERIMENT ALREADY COMPLETED") == 2
 
 
 def test_force_and_passthrough_flags_reach_run(tmp_path, env):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1))
-    run_script(env, "--category", "tiny", recipes_dir=rdir)
-    out = run_script(env, "--category", "tiny", "--force", "--use_wandb", "--verbose", "--results-dir", "R",
-                     "--", "--device", "cpu", recipes_dir=rdir)
+    run_script(env, "--category", "tiny", recipes_dir=rdir, cwd=tmp_path)
+    out = run_script(env, "--category", "tiny", "--force", "--use_wandb", "--results-dir", "results",
+                     "--data-dir", "D", recipes_dir=rdir, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "1 ran, 0 skipped" in out.stdout  # --force retrains
     flags = (Path(env["FAKE_STATE"]) / "flags").read_text().split("\n")
-    assert flags.count("flag --quiet") == 1  # the first call's; --verbose drops it
-    for flag in ("--force", "--use_wandb", "--results-dir", "R", "--device", "cpu"):
+    for flag in ("--force", "--use_wandb", "--results-dir", "results", "--data-dir", "D"):
         assert f"flag {flag}" in flags
+    assert len(results.files_for(tmp_path / "results", ID_A)) == 2
 
 
-def test_broken_recipe_fails_but_the_others_run(tmp_path, env):
+def test_broken_recipe_refuses_the_category_before_anything_runs(tmp_path, env):
     rdir = tmp_path / "recipes"
-    broken = recipe(rdir, "tiny/a_broken.yaml", "model: [not, a, model\n", fake="broken")
-    good = recipe(rdir, "tiny/b_good.yaml", GOOD.format(epochs=1))
-    out = run_script(env, "--category", "tiny", recipes_dir=rdir)
-    assert out.returncode == 1
-    assert calls(env) == [str(broken), str(good)]  # the failure did not stop the batch
-    assert "1 ran, 0 skipped (already completed), 0 busy elsewhere, 1 failed" in out.stdout
-    assert f"FAILED:\n  {broken}: exit 2" in out.stdout
-    assert "fake: trained b_good" in out.stdout
+    broken = recipe(rdir, "tiny/a_broken.yaml", "model: [not, a, model\n")
+    recipe(rdir, "tiny/b_good.yaml", GOOD.format(epochs=1))
+    out = run_script(env, "--category", "tiny", recipes_dir=rdir, cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"{broken}: broken YAML" in out.stderr
+    assert calls(env) == []
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_locked_counts_as_busy_not_failed(tmp_path, env):
     rdir = tmp_path / "recipes"
     locked = recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="locked")
     recipe(rdir, "tiny/b.yaml", GOOD.format(epochs=2))
-    out = run_script(env, "--category", "tiny", recipes_dir=rdir)
+    out = run_script(env, "--category", "tiny", recipes_dir=rdir, cwd=tmp_path)
     assert out.returncode == 0, out.stdout
     assert "1 ran, 0 skipped (already completed), 1 busy elsewhere, 0 failed" in out.stdout
-    assert f"  {locked} (mlp1_synthetic_baseline_ep1)" in out.stdout
+    assert f"  {locked} ({ID_A})" in out.stdout
 
 
 def test_all_runs_shared_experiments_once(tmp_path, env):
     rdir = tmp_path / "recipes"
     first = recipe(rdir, "cat_a/x.yaml", GOOD.format(epochs=1))
     # Same settings spelled differently (p = 0 is the true data set): same ID.
-    recipe(rdir, "cat_b/y.yaml", "model: mlp1\ndataset: synthetic\nepochs: 1\nrandomization: partial\ncorrupt_prob: 0.0\n")
+    same = recipe(rdir, "cat_b/y.yaml",
+                  "model: mlp1\ndataset: synthetic\nepochs: 1\nrandomization: partial\ncorrupt_prob: 0.0\n")
     other = recipe(rdir, "cat_b/z.yaml", GOOD.format(epochs=3))
-    out = run_script(env, "--category", "all", recipes_dir=rdir)
+    out = run_script(env, "--category", "all", recipes_dir=rdir, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert calls(env) == [str(first), str(other)]
-    assert "2 experiment(s) from 3 recipe(s)" in out.stdout
+    assert "batch: 2 experiment(s), 0 already completed, 2 to run" in out.stdout  # from 3 recipes:
+    assert f"same experiment as {first}: {same} ({ID_A}), runs once" in out.stderr
 
 
-def test_all_over_the_project_recipes_runs_each_experiment_once(env):
-    out = run_script(env, "--category", "all", recipes_dir=REPO / "recipes")
+def test_all_over_the_project_recipes_runs_each_experiment_once(tmp_path, env):
+    out = run_script(env, "--category", "all", recipes_dir=REPO / "recipes", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "42 experiment(s) from 46 recipe(s)" in out.stdout
+    assert "batch: 42 experiment(s), 0 already completed, 42 to run" in out.stdout  # from 46 recipes:
+    assert out.stderr.count("same experiment as") == 4
     ran = calls(env)
     assert len(ran) == 42
     assert str(REPO / "recipes/baseline/inception_baseline.yaml") in ran  # the first spelling runs
     for dup in ("figure1a/inception_true_labels.yaml", "table1/inception_baseline.yaml",
                 "random_labels/inception_random_labels.yaml", "table1/inception_random_labels.yaml"):
         assert str(REPO / "recipes" / dup) not in ran
-        assert f": {REPO / 'recipes' / dup} (inception_cifar10_" in out.stdout  # said so
+        assert f": {REPO / 'recipes' / dup} (inception_cifar10_" in out.stderr  # said so
     assert "42 ran, 0 skipped" in out.stdout
 
 
@@ -182,10 +247,10 @@ def test_jobs_runs_recipes_at_the_same_time(tmp_path, env):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="wait-for b")
     recipe(rdir, "tiny/b.yaml", GOOD.format(epochs=2), fake="wait-for a")
-    out = run_script(env, "--category", "tiny", "--jobs", "2", recipes_dir=rdir)
+    out = run_script(env, "--category", "tiny", "--jobs", "2", recipes_dir=rdir, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr  # sequential runs would time out in the fake
     assert "2 ran" in out.stdout
-    assert "[tiny/a] fake: trained a" in out.stdout  # parallel output is prefixed per recipe
+    assert f"[{ID_A}] fake: trained a" in out.stdout  # a run's output is prefixed with its experiment
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -194,7 +259,7 @@ def test_signal_is_passed_on_and_batch_stops(tmp_path, env, sig, code):
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="sleep-until-signal")
     recipe(rdir, "tiny/b.yaml", GOOD.format(epochs=2))
     proc = subprocess.Popen(["bash", str(SCRIPT), "--recipes-dir", str(rdir), "--category", "tiny"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready = Path(env["FAKE_STATE"]) / "ready.a"
     deadline = time.monotonic() + 30
     while not ready.exists() and time.monotonic() < deadline:
@@ -212,19 +277,19 @@ def test_signal_is_passed_on_and_batch_stops(tmp_path, env, sig, code):
     (["--category", "nope"], "no category 'nope'"),
     ([], "--category is required"),
     (["--category", "tiny", "--jobs", "0"], "--jobs must be a positive integer"),
-    (["--category", "tiny", "--bogus"], "unknown option '--bogus'"),
+    (["--category", "tiny", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_usage_errors_exit_2(tmp_path, env, args, message):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1))
-    out = run_script(env, *args, recipes_dir=rdir)
+    out = run_script(env, *args, recipes_dir=rdir, cwd=tmp_path)
     assert out.returncode == 2
     assert message in out.stderr
     assert calls(env) == []
 
 
 # ------------------------------------------------------------------------------------------
-# End to end: the real `fastzhang run` on tiny synthetic recipes, then the report.
+# End to end: the real `fastzhang batch` and `fastzhang run` on tiny synthetic recipes, then the report.
 
 def test_end_to_end_with_real_runs_and_report(tmp_path):
     rdir = tmp_path / "recipes"
@@ -237,20 +302,24 @@ def test_end_to_end_with_real_runs_and_report(tmp_path):
     if beside.exists():
         env["FASTZHANG"] = str(beside)
     out_dirs = ["--results-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "ckpt")]
-    args = ["--category", "tiny", *out_dirs, "--", "--device", "cpu"]
+    args = ["--category", "tiny", *out_dirs]
 
-    first = run_script(env, *args, recipes_dir=rdir, timeout=300)
-    assert first.returncode == 1, first.stdout + first.stderr
-    assert "2 ran, 0 skipped (already completed), 0 busy elsewhere, 1 failed" in first.stdout
-    assert f"FAILED:\n  {broken}: exit 2" in first.stdout
-    assert "epochs must be an integer" in first.stdout  # the run's own message reaches the user
+    refused = run_script(env, *args, recipes_dir=rdir, cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"{broken}: epochs must be an integer" in refused.stderr  # the recipe's problem reaches the user
+    assert not (tmp_path / "results").exists()
+    broken.unlink()
+
+    first = run_script(env, *args, recipes_dir=rdir, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 ran, 0 skipped (already completed), 0 busy elsewhere, 0 failed" in first.stdout
     written = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
     assert [n.rsplit("_", 2)[0] for n in written] == ["mlp1_synthetic_baseline_ep1_sub256",
                                                          "mlp1_synthetic_random_labels_ep2_sub256"]
 
-    second = run_script(env, *args, recipes_dir=rdir, timeout=300)
-    assert second.returncode == 1
-    assert "0 ran, 2 skipped (already completed), 0 busy elsewhere, 1 failed" in second.stdout
+    second = run_script(env, *args, recipes_dir=rdir, cwd=tmp_path, timeout=300)
+    assert second.returncode == 0
+    assert "0 ran, 2 skipped (already completed), 0 busy elsewhere, 0 failed" in second.stdout
     assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == written  # nothing retrained
 
     text = build_report(tmp_path / "results", tmp_path / "report").read_text()

@@ -9,13 +9,18 @@ a GPU; without, N runs share the cores and each gets cores // N threads, so N
 workers do not oversubscribe the machine.
 
 Runs start in their own session: a Ctrl-C at the terminal reaches the batch
-only, which passes exactly one signal on to each run (two would make `run` give
-up without its checkpoint).
+only, which passes each signal it gets on to every run once (in the terminal's
+process group a run would get a Ctrl-C twice, and a second signal makes `run`
+give up without finishing its checkpoint).
+
+`fastzhang run` exits 0 both when it trained and when it found the experiment
+completed; the results file tells the two apart (it names the process that wrote it).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -23,14 +28,16 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
+from fastzhang import results
 from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
-    check_limits, pinned_device, split_completed, stop_signals,
+    check_limits, pinned_device, split_completed,
 )
+from fastzhang.stop import stop_signals
 
-COMPLETED_MARKER = "EXPERIMENT ALREADY COMPLETED"  # printed by `fastzhang run` (cli/run.py)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _POLL_SECONDS = 0.1
 
@@ -90,6 +97,8 @@ def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
     device = pinned_device(task.config) if pinned else None
     if device:
         cmd += ["--device", device]
+    if task.config.use_wandb:
+        cmd.append("--use_wandb")
     if opts.force:
         cmd.append("--force")
     return cmd
@@ -105,11 +114,11 @@ def _pick_gpu(gpus: list[str], running: list[_Running], runs_per_gpu: int) -> st
 
 
 def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, max_parallel: int | None = None,
-              gpus: list[str] | None = None, title: str = "batch") -> BatchReport:
+              gpus: list[str] | None = None) -> BatchReport:
     """Run `tasks` with the pool; `gpus` (CUDA_VISIBLE_DEVICES entries) defaults to those visible."""
     check_limits(runs_per_gpu, max_parallel)
     todo, skipped = split_completed(tasks, opts.results_dir, opts.force)
-    report = BatchReport(title, len(tasks), list(skipped))
+    report = BatchReport(len(tasks), list(skipped))
     if not todo:
         return report
     gpus = visible_gpus() if gpus is None else gpus
@@ -126,7 +135,7 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
         for r in running:
             _signal_group(r.proc, signum)
 
-    with stop_signals(pass_on) as stop:
+    with stop_signals(on_signal=pass_on) as stop:
         while running or (queue and stop.signum is None):
             while queue and stop.signum is None and len(running) < slots:
                 gpu = _pick_gpu(gpus, running, runs_per_gpu) if gpus else None
@@ -138,7 +147,7 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
             time.sleep(_POLL_SECONDS)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
-                result = _finished(r, stop.signum)
+                result = _finished(r, stop.signum, opts)
                 _echo_output(r, result, progress)
                 progress.finish(result, len(running))
         report.stop_signal = stop.signum
@@ -169,14 +178,14 @@ def _output(r: _Running) -> str:
     return text
 
 
-def _finished(r: _Running, stop_signal: int | None) -> RunResult:
+def _finished(r: _Running, stop_signal: int | None, opts: BatchOptions) -> RunResult:
     code = r.proc.returncode
     text = _output(r)
     r.output = text
     seconds = time.monotonic() - r.started
     where = f"GPU {r.gpu}" if r.gpu is not None else ""
     if code == 0:
-        status = SKIPPED if COMPLETED_MARKER in text else RAN
+        status = RAN if trained_by(opts.results_dir, r.task.experiment_id, r.proc.pid) else SKIPPED
         return RunResult(r.task, status, 0, seconds=seconds, where=where)
     if code == EXIT_LOCK_HELD:
         return RunResult(r.task, BUSY, code, seconds=seconds, where=where)
@@ -185,6 +194,20 @@ def _finished(r: _Running, stop_signal: int | None) -> RunResult:
     if stop_signal is not None and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         return RunResult(r.task, STOPPED, code, seconds=seconds, where=where)
     return RunResult(r.task, FAILED, code, detail=_error_line(text), seconds=seconds, where=where)
+
+
+def trained_by(results_dir: Path, experiment_id: str, pid: int) -> bool:
+    """Whether the run `pid` (on this host), which exited 0, trained the experiment.
+
+    If not, it found the experiment completed by another process: the newest
+    completed results file names a different writer. With no completed file at
+    all (deleted meanwhile), exit 0 counts as trained.
+    """
+    found = results.find_completed(results_dir, experiment_id, report=False)
+    if found is None:
+        return True
+    writer = found[1]["environment"]
+    return writer.get("pid") == pid and writer.get("hostname") == platform.node()
 
 
 def _error_line(text: str) -> str:

@@ -4,16 +4,13 @@
 
 Recipes are all loaded before anything runs, so a broken recipe refuses the
 whole batch (exit 2) instead of failing halfway through it. Recipes that define
-the same experiment (same ID) run once. The summary has the format of
-recipes/run_all_recipes.sh, so a make target reads either the same way.
+the same experiment (same ID) run once. The summary's wording lives here only
+(recipes/run_all_recipes.sh is a wrapper over `fastzhang batch`).
 """
 
 from __future__ import annotations
 
 import signal
-import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -63,16 +60,15 @@ class RunResult:
 
 @dataclass
 class BatchReport:
-    title: str
     total: int  # experiments in the batch, skipped ones included
     results: list[RunResult] = field(default_factory=list)
     stop_signal: int | None = None
 
-    def summary(self) -> str:
-        return format_summary(self.title, self.results, self.total, self.stop_signal)
+    def summary(self, title: str = "batch") -> str:
+        return format_summary(self.results, self.total, self.stop_signal, title)
 
     def exit_code(self) -> int:
-        """0 nothing failed, 1 something failed, 128 + signal when stopped (as run_all_recipes.sh)."""
+        """0 nothing failed, 1 something failed, 128 + signal when stopped."""
         if self.stop_signal is not None:
             return 128 + self.stop_signal
         return 1 if any(r.status == FAILED for r in self.results) else 0
@@ -173,8 +169,8 @@ class Progress:
                   f"{running} {self.running_word}, {failed} failed")
 
 
-def format_summary(title: str, runs: list[RunResult], total: int, stop_signal: int | None) -> str:
-    """The closing block of recipes/run_all_recipes.sh, line for line."""
+def format_summary(runs: list[RunResult], total: int, stop_signal: int | None, title: str = "batch") -> str:
+    """The batch's closing block: counts, then the runs that need attention."""
     by = {s: [r for r in runs if r.status == s] for s in (RAN, SKIPPED, BUSY, FAILED, STOPPED)}
     head = (f"== summary for {title}: {len(by[RAN])} ran, {len(by[SKIPPED])} skipped (already completed), "
             f"{len(by[BUSY])} busy elsewhere, {len(by[FAILED])} failed")
@@ -200,41 +196,3 @@ def _failed_line(r: RunResult) -> str:
 
 def _signal_name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "a signal"
-
-
-# ------------------------------------------------------------------------------------------
-# Stop signals
-
-
-@dataclass
-class StopState:
-    signum: int | None = None  # the first signal received
-    count: int = 0
-    since: float = 0.0
-
-
-@contextmanager
-def stop_signals(on_signal: Callable[[int], None] | None = None):
-    """SIGINT / SIGTERM ask the batch to start no more runs and stop the running ones.
-
-    `on_signal(signum)` passes each signal on (the runs checkpoint on the first and
-    give up on a second, as `fastzhang run` does).
-    """
-    state = StopState()
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum, frame):
-        if state.signum is None:
-            state.signum, state.since = signum, time.monotonic()
-        state.count += 1
-        if on_signal is not None:
-            on_signal(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield state
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

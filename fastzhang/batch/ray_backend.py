@@ -29,9 +29,10 @@ from pathlib import Path
 
 from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
-    check_limits, pinned_device, split_completed, stop_signals,
+    check_limits, pinned_device, split_completed,
 )
 from fastzhang.errors import UsageError
+from fastzhang.stop import stop_signals
 
 MAX_RETRIES = 3  # attempts after a worker died
 LOCK_GRACE_SECONDS = 30.0
@@ -141,14 +142,14 @@ def gpu_fraction(runs_per_gpu: int) -> float:
 
 
 def run_ray(tasks: list[Task], opts: BatchOptions, *, address: str | None = None, runs_per_gpu: int = 1,
-            max_parallel: int | None = None, title: str = "batch") -> BatchReport:
+            max_parallel: int | None = None) -> BatchReport:
     """Run `tasks` as Ray tasks; joins a running Ray (this process's, `address`) or starts a local one."""
     check_limits(runs_per_gpu, max_parallel)
     ray = import_ray()
     ckpt_dir, res_dir = opts.checkpoint_dir.resolve(), opts.results_dir.resolve()
     opts = BatchOptions(ckpt_dir, res_dir, opts.force, opts.quiet)
     todo, skipped = split_completed(tasks, res_dir, opts.force)
-    report = BatchReport(title, len(tasks), list(skipped))
+    report = BatchReport(len(tasks), list(skipped))
     if not todo:
         return report
     started_here = not ray.is_initialized()

@@ -2,8 +2,9 @@
 
 Every recipe is loaded first (a bad one refuses the batch with exit 2); recipes
 that define the same experiment run once; completed experiments are skipped
-unless --force. Exit status as recipes/run_all_recipes.sh: 0 nothing failed, 1
-some run failed, 130 / 143 stopped by SIGINT / SIGTERM (the runs checkpoint first).
+unless --force. Exit status: 0 nothing failed, 1 some run failed, 130 / 143
+stopped by SIGINT / SIGTERM (the runs checkpoint first). recipes/run_all_recipes.sh
+is a wrapper over this command.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def add_parser(sub) -> None:
                    help="most runs at once (default: GPUs x K; on a machine without GPUs, 1)")
     add_output_flags(p)
     p.add_argument("--data-dir", help="CIFAR-10 folder for every recipe (overrides theirs)")
+    p.add_argument("--use_wandb", "--use-wandb", dest="use_wandb", action="store_true",
+                   help="every run logs to Weights & Biases (needs fastzhang[wandb])")
     p.add_argument("--force", action="store_true", help="train every experiment again from epoch 1")
     p.add_argument("--quiet", action="store_true", help="only failures and the summary")
+    p.add_argument("--title", default="batch", help="what the summary calls this batch (default: batch; "
+                                                    "run_all_recipes.sh says 'category NAME')")
     p.set_defaults(func=_batch)
 
 
@@ -43,7 +48,11 @@ def _batch(args: argparse.Namespace) -> int:
     if args.address is not None and args.backend != "ray":
         raise UsageError("--address applies to --backend ray only")
     check_limits(args.runs_per_gpu, args.max_parallel)
-    overrides = {"data_dir": args.data_dir} if args.data_dir is not None else None
+    overrides: dict[str, object] = {}  # config fields set for every recipe, passed on to each run
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.use_wandb:
+        overrides["use_wandb"] = True
     tasks, notes = collect(args.recipes, overrides)
     if not args.quiet:
         for note in notes:
@@ -60,5 +69,5 @@ def _batch(args: argparse.Namespace) -> int:
         from fastzhang.batch.local import run_local
 
         report = run_local(tasks, opts, runs_per_gpu=args.runs_per_gpu, max_parallel=args.max_parallel)
-    print(report.summary(), flush=True)
+    print(report.summary(args.title), flush=True)
     return report.exit_code()

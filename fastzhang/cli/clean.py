@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from fastzhang.cli.run import add_output_flags
 from fastzhang.errors import UsageError, WriteError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
@@ -27,10 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--all", action="store_true", help="every experiment found in both folders")
     p.add_argument("--checkpoints-only", action="store_true", help="keep the results files")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
-                   help="folder with checkpoints and lock files (default: ./checkpoints)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
-                   help="folder with results files (default: ./results)")
+    add_output_flags(p)
     p.set_defaults(func=run)
 
 

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def run_info(args) -> int:
-    from fastzhang.data.cifar import load_dataset
+    from fastzhang.data.sources import load_dataset
 
     start = time.perf_counter()
     arrays = load_dataset(args.dataset, args.data_dir, download=not args.no_download)

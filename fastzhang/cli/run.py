@@ -11,18 +11,19 @@ import argparse
 from pathlib import Path
 
 from fastzhang.config import ExperimentConfig
+from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
+from fastzhang.models.registry import MODELS
 
-# flag -> (config field, argparse type, help)
+# flag -> (config field, argparse type, help); {names} in a help are filled by _listed()
 _VALUE_FLAGS = (
-    ("--model", "model", str, "inception | inception_no_bn | alexnet | mlp1 | mlp3"),
-    ("--dataset", "dataset", str, "cifar10 | synthetic (a small generated set for tests)"),
-    ("--randomization", "randomization", str,
-     "none | partial | random_labels | shuffled_pixels | random_pixels | gaussian"),
+    ("--model", "model", str, "{models}"),
+    ("--dataset", "dataset", str, "{datasets} (synthetic: a small generated set for tests)"),
+    ("--randomization", "randomization", str, "{randomizations}"),
     ("--corrupt-prob", "corrupt_prob", float, "label corruption level p for 'partial'"),
     ("--weight-decay", "weight_decay", float, "L2 weight decay (paper default: none)"),
     ("--epochs", "epochs", int, "epochs to train (default 100)"),
     ("--batch-size", "batch_size", int, "batch size (default 128)"),
-    ("--lr", "lr", float, "initial learning rate (default 0.1 Inception, 0.01 others)"),
+    ("--lr", "lr", float, "initial learning rate (default: {default_lrs})"),
     ("--lr-decay", "lr_decay", float, "learning-rate factor after every epoch (default 0.95)"),
     ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
     ("--seed", "seed", int, "seed for data randomization, order, crops and init"),
@@ -34,15 +35,16 @@ _VALUE_FLAGS = (
     ("--compile", "compile", str, "torch.compile: auto | on | off"),
     ("--cuda-graphs", "cuda_graphs", str, "capture the training step: auto | on | off"),
     ("--channels-last", "channels_last", str, "channels_last memory format: auto | on | off"),
-    ("--loader", "loader", str, "torch | dali"),
+    ("--loader", "loader", str, "auto | torch | triton | dali (auto: triton on CUDA when it can run, else torch)"),
     ("--checkpoint-every-steps", "checkpoint_every_steps", int, "also checkpoint every N steps"),
 )
 
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML recipe (flags override its values)")
+    listed = _listed()
     for flag, dest, kind, text in _VALUE_FLAGS:
-        p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
+        p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text.format(**listed))
     p.add_argument("--random-crop", dest="random_crop", action="store_true", default=argparse.SUPPRESS,
                    help="random 28x28 crops for training (default: center crop)")
     p.add_argument("--no-random-crop", dest="random_crop", action="store_false", default=argparse.SUPPRESS)
@@ -50,9 +52,25 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
                    default=argparse.SUPPRESS, help="log to Weights & Biases (needs fastzhang[wandb])")
 
 
+def _listed() -> dict[str, str]:
+    """The names the help lists, read from their owners when the parser is built."""
+    by_lr: dict[float, list[str]] = {}
+    for name, entry in MODELS.items():
+        by_lr.setdefault(entry.default_lr, []).append(name)
+    return {
+        "models": " | ".join(MODELS),
+        "datasets": " | ".join(DATASETS),
+        "randomizations": " | ".join(RANDOMIZATIONS),
+        "default_lrs": "; ".join(f"{lr:g} for {', '.join(names)}" for lr, names in by_lr.items()),
+    }
+
+
 def add_output_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    """The output folders, the same for run, batch, status and clean."""
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                   help="folder with checkpoints and lock files (default: ./checkpoints)")
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="folder with results files (default: ./results)")
 
 
 def add_parser(sub) -> None:
@@ -97,7 +115,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def completion_block(outcome, args, opts) -> str:
     path = _shown(outcome.results_path)
-    ckpt = _shown(opts.checkpoint_dir / f"{outcome.experiment_id}_checkpoint.pth")
+    from fastzhang.checkpoint import latest_path  # names files without importing torch
+
+    ckpt = _shown(latest_path(opts.checkpoint_dir, outcome.experiment_id))
     recipe = str(args.config) if args.config else "<recipe>"
     r = outcome.results
     m = r.get("metrics", {})

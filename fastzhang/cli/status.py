@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastzhang.cli.run import add_output_flags
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("status", help="one row per experiment: completed, in progress, interrupted or damaged")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
-                   help="folder with checkpoints and lock files (default: ./checkpoints)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
-                   help="folder with results files (default: ./results)")
+    add_output_flags(p)
     p.set_defaults(func=run)
 
 
@@ -64,6 +63,7 @@ def collect(checkpoint_dir: Path, results_dir: Path) -> tuple[list[Row], list[An
 def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     """One experiment's row; `entries` are its results files, oldest first."""
     from fastzhang import checkpoint, lock
+    from fastzhang.train.state import progress as payload_progress
 
     done = [e for e in entries if e.payload is not None and e.payload["completed"]]
     held = lock.is_held(checkpoint_dir, ident)
@@ -78,16 +78,13 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     ckpt, used, damage = checkpoint.inspect_latest(checkpoint.latest_path(checkpoint_dir, ident))
     bad_results = [e for e in entries if e.problem]
     results_name = bad_results[-1].path.name if bad_results else "-"
-    best = final = None
     problems = tuple(f"{e.path}: {e.reason}" for e in damage)
-    if ckpt is not None:
-        best = ckpt.get("best_test_acc")
-        test_acc = (ckpt.get("all_metrics") or {}).get("test_acc") or [None]
-        final = test_acc[-1]
+    seen = payload_progress(ckpt) if ckpt is not None else None
+    best, final = (seen.best_test_acc, seen.last_test_acc) if seen else (None, None)
     if held:
-        state = f"in progress at {_progress(ckpt)}" if ckpt is not None else "in progress (no checkpoint yet)"
-    elif ckpt is not None:
-        state = f"interrupted at {_progress(ckpt)}"
+        state = f"in progress at {_progress(seen)}" if seen else "in progress (no checkpoint yet)"
+    elif seen:
+        state = f"interrupted at {_progress(seen)}"
         if damage:
             state += f" (from {used.name}; newer checkpoint damaged)"
     elif damage:
@@ -102,11 +99,14 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     return Row(ident, state, best, final, results_name, problems)
 
 
-def _progress(ckpt: dict[str, Any]) -> str:
-    epochs = (ckpt.get("config") or {}).get("epochs", "?")
-    text = f"epoch {ckpt.get('epoch', '?')} of {epochs}"
-    step = ckpt.get("step_in_epoch") or 0
-    return f"{text} (+{step} steps)" if step else text
+def _progress(seen) -> str:
+    """`seen`: a train.state.Progress."""
+    text = f"epoch {_known(seen.epoch)} of {_known(seen.target_epochs)}"
+    return f"{text} (+{seen.step_in_epoch} steps)" if seen.step_in_epoch else text
+
+
+def _known(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def _acc(value: Any) -> str:

@@ -1,10 +1,12 @@
 """CIFAR-10 in, device batches out.
 
-cifar.py (read + validate + fingerprint) -> randomize.py (the paper's variants)
+sources.py (the data set by name) -> randomize.py (the paper's variants)
 -> batches.py (resident on the device, epoch plans, preprocessed batches).
-download.py finds, downloads and extracts; safe_pickle.py guards the python
-layout; seeds.py names the random streams; synthetic.py is the test data set;
-preprocess.py is the one crop + whiten reference.
+sources.py takes CIFAR-10 from download.py (finds, downloads, extracts) and
+cifar.py (reads + validates + fingerprints), or the generated test set from
+synthetic.py; choices.py names the data sets and randomizations; safe_pickle.py
+guards the python layout; seeds.py names the random streams; preprocess.py is
+the one crop + whiten reference.
 
 Nothing is imported here, so `import fastzhang.data.cifar` stays free of torch.
 """

@@ -1,11 +1,12 @@
 """Read CIFAR-10 from any official layout, validate every byte's place, fingerprint it.
 
-Layouts (see data/download.py for how a folder is found):
+This module reads files; data/download.py finds (or fetches) them and
+data/sources.py puts the two together. Layouts:
 * python:  `cifar-10-batches-py/` with pickled `data_batch_1..5` and `test_batch`,
            read through the restricted unpickler in data/safe_pickle.py;
 * binary:  `cifar-10-batches-bin/` with `data_batch_1..5.bin` and `test_batch.bin`,
            records of 1 label byte + 3072 pixel bytes;
-* tarball: `cifar-10-python.tar.gz`, extracted once into the cache, then read as python.
+* tarball: `cifar-10-python.tar.gz`, extracted once into the cache (download.py), then read as python.
 
 Fingerprints (both sha256 hex):
 * `fingerprint(...)`: sha256 of the header `fastzhang-data-v1 {n_train} {n_test}\\n`
@@ -28,20 +29,24 @@ from pathlib import Path
 
 import numpy as np
 
-from fastzhang.data import download, safe_pickle
-from fastzhang.errors import DataError, UsageError
+from fastzhang.data import safe_pickle
+from fastzhang.errors import DataError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NUM_CLASSES = 10
+NUM_CLASSES = len(CLASSES)  # the one count of classes: labels, randomizations, the synthetic set, chance
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = 3 * 32 * 32
 PER_BATCH = 10_000  # images per official batch file: 5 x 10,000 train, 10,000 test
 TRAIN_BATCHES = 5
+BATCH_FILES = {
+    "python": tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+    "binary": tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",),
+}
 
 # Exact fingerprints, computed from the files themselves (`fastzhang data info`).
 KNOWN_FINGERPRINTS = {
     "16b77e7a3b1a0909beca18254c3b0174a72ec6a66c1294c93ae10558aa41b4b3":
-        "CIFAR-10 offline copy (shuffled order), /work/shared/data",
+        "CIFAR-10 offline copy (shuffled order)",
 }
 # Order-independent fingerprints: the official images and labels in any order.
 KNOWN_CONTENT_FINGERPRINTS = {
@@ -121,11 +126,12 @@ def _check_labels(path: Path, labels: np.ndarray, per_batch: int) -> np.ndarray:
     if labels.ndim != 1 or len(labels) != per_batch:
         raise DataError(f"{path}: expected {per_batch} labels, found shape {labels.shape}")
     if labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: labels must be integers 0..9, found dtype {labels.dtype}")
+        raise DataError(f"{path}: labels must be integers 0..{NUM_CLASSES - 1}, found dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
     if len(bad):
         raise DataError(
-            f"{path}: labels must be in 0..9; found {labels[bad[0]]} at index {bad[0]} ({len(bad)} bad labels)"
+            f"{path}: labels must be in 0..{NUM_CLASSES - 1}; found {labels[bad[0]]} at index {bad[0]} "
+            f"({len(bad)} bad labels)"
         )
     return labels.astype(np.int64)
 
@@ -172,7 +178,7 @@ def read_binary_batch(path: Path, per_batch: int) -> tuple[np.ndarray, np.ndarra
 
 def read_folder(folder: Path, layout: str, per_batch: int) -> tuple[np.ndarray, ...]:
     """All six batches of a python or binary folder -> (train_x, train_y, test_x, test_y)."""
-    names = download.BATCH_FILES[layout]
+    names = BATCH_FILES[layout]
     missing = [str(folder / n) for n in names if not (folder / n).is_file()]
     if missing:
         raise DataError(
@@ -196,40 +202,16 @@ def arrays_from(train_x, train_y, test_x, test_y, *, source, layout, batches_dir
                        content_fingerprint_name=content_name, batches_dir=str(batches_dir or source))
 
 
-def load_cifar10(root: str | Path, *, per_batch: int = PER_BATCH, cache_dir: str | Path | None = None) -> CifarArrays:
-    """Read CIFAR-10 from `root` (a data folder, a batches folder or the tarball); never downloads.
+def read_cifar10(layout: str, source: str | Path, folder: str | Path, per_batch: int = PER_BATCH) -> CifarArrays:
+    """Read the batches of `folder`: `source` itself, or for a tarball the folder it was extracted into.
 
     Every batch must hold exactly `per_batch` images (10,000 in the real data set;
     tests use tiny fixtures).
     """
-    found = download.locate(root)
-    if found is None:
-        raise DataError(download.nothing_found(Path(root)))
-    if found.layout != "tarball":
-        arrays = read_folder(found.path, found.layout, per_batch)
-        return arrays_from(*arrays, source=found.path, layout=found.layout)
-    folder = download.extract_tarball(found.path, cache_dir)
+    if layout != "tarball":
+        return arrays_from(*read_folder(Path(folder), layout, per_batch), source=source, layout=layout)
     try:
-        arrays = read_folder(folder, "python", per_batch)
+        arrays = read_folder(Path(folder), "python", per_batch)
     except DataError as e:
-        raise DataError(f"{found.path}: {e} (delete {folder} to extract the tarball again)") from None
-    return arrays_from(*arrays, source=found.path, layout="tarball", batches_dir=folder)
-
-
-def load_dataset(name: str, data_dir: str | Path | None, *, download: bool = True) -> CifarArrays:
-    """The data set an experiment trains on: "cifar10" (found or downloaded) or "synthetic"."""
-    if name == "synthetic":
-        from fastzhang.data.synthetic import make_synthetic  # synthetic builds on this module
-
-        return make_synthetic()
-    if name != "cifar10":
-        raise UsageError(f"dataset must be cifar10 or synthetic; got {name!r}")
-    from fastzhang.data import download as fetch  # the parameter shadows the module
-
-    root = fetch.resolve_data_dir(data_dir)
-    if fetch.locate(root) is None:
-        if not download:
-            raise DataError(fetch.nothing_found(root))
-        fetch.refuse_missing_named_folder(root, data_dir)
-        fetch.download_cifar10(root)
-    return load_cifar10(root, per_batch=PER_BATCH)
+        raise DataError(f"{source}: {e} (delete {folder} to extract the tarball again)") from None
+    return arrays_from(*arrays, source=source, layout="tarball", batches_dir=folder)

@@ -10,11 +10,20 @@ of (seed, epoch, step) alone, so resuming mid-epoch stays exact, and the values
 equal `preprocess`'s within float32 rounding (1e-5).
 
 On CUDA the pipeline runs on the GPU of `device` and is fed device tensors; on
-the CPU it is a CPU-only pipeline (`device_id=None`). Each `train_batch` call
-feeds one batch and runs the pipeline synchronously (no prefetching), because a
-caller may ask for any step. DALI launches its own kernels on its own stream:
-call `train_batch` outside any captured CUDA graph and capture only the model
-step that consumes its output.
+the CPU it is a CPU-only pipeline (`device_id=None`).
+
+Feeding ahead: an epoch is read step after step, so when step k is asked for,
+the loader hands it out and at once gathers, feeds and schedules step k + 1.
+The gather goes onto torch's stream before the caller enqueues step k's
+training kernels, so DALI preprocesses step k + 1 while step k trains instead
+of waiting behind it. One batch ahead is what the pipeline's
+prefetch_queue_depth=1 holds (its executor runs one scheduled batch per fed
+batch; a deeper queue would need that many batches fed before the first
+schedule_run). A request for any other step (the first of an epoch, a resume,
+random access) feeds that step first, after taking out unused any batch fed
+ahead: a batch depends only on (plan, step), never on the order of the calls.
+DALI launches its own kernels on its own stream: call `train_batch` outside any
+captured CUDA graph and capture only the model step that consumes its output.
 """
 
 from __future__ import annotations
@@ -24,11 +33,11 @@ import os
 
 import torch
 
-from fastzhang.data.batches import step_span
+from fastzhang.data.batches import step_span, steps_per_epoch
 from fastzhang.data.preprocess import CROP, MIN_STD
 from fastzhang.errors import UsageError
 
-INSTALL_HINT = "the DALI loader needs nvidia-dali: pip install 'fastzhang[dali]'"
+INSTALL_HINT = "loader 'dali' needs nvidia-dali: pip install 'fastzhang[dali]'"
 
 
 def available() -> bool:
@@ -39,7 +48,7 @@ def available() -> bool:
         return False
 
 
-def _build_pipeline(dali_device: str, batch_size: int, num_threads: int, device_id: int | None):
+def _build_pipeline(dali_device: str, batch_size: int, device_id: int | None):
     """A pipeline: images (uint8 CHW) + anchors (int32 [dy, dx]) -> whitened float32 CHW crops."""
     import nvidia.dali.fn as fn
     import nvidia.dali.math as dmath
@@ -56,8 +65,10 @@ def _build_pipeline(dali_device: str, batch_size: int, num_threads: int, device_
         std = fn.reductions.std_dev(x, mean, keep_dims=True)  # ddof=0: the population std
         return (x - mean) / dmath.max(std, MIN_STD)
 
-    # prefetch_queue_depth=1: one batch in flight, so each run returns the batch fed just before it.
-    pipe = whiten_crops(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
+    # One batch in flight (the one fed ahead); exec_dynamic: outputs bound to torch's stream.
+    threads = max(1, min(4, os.cpu_count() or 1))
+    pipe = whiten_crops(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=1,
+                        exec_dynamic=True)
     pipe.build()
     return pipe
 
@@ -69,7 +80,7 @@ class DaliLoader:
     `data.batches.train_batch(data, plan, step, batch_size, ...)` returns.
     """
 
-    def __init__(self, data, batch_size: int, *, device: torch.device | str, num_threads: int | None = None):
+    def __init__(self, data, batch_size: int, *, device: torch.device | str):
         if not available():
             raise UsageError(INSTALL_HINT)
         if batch_size < 1:
@@ -81,14 +92,20 @@ class DaliLoader:
             raise UsageError(f"device: the DALI loader runs on cpu or cuda, got {self.device}")
         if data.train_x.device.type != self.device.type:
             raise UsageError(f"device: the data lives on {data.train_x.device}, the loader was asked for {self.device}")
-        on_gpu = self.device.type == "cuda"
-        device_id = None  # None: a CPU-only pipeline
-        if on_gpu:
-            device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        threads = num_threads or max(1, min(4, os.cpu_count() or 1))
-        self._pipe = _build_pipeline("gpu" if on_gpu else "cpu", batch_size, threads, device_id)
+        self._device_id = None  # None: a CPU-only pipeline
+        if self.device.type == "cuda":
+            self._device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self._pipe = None
+        self._pipeline()  # built now: DALI's own errors surface before a run starts
+        self._ahead = None  # (plan, step) fed and scheduled, not yet handed out
         self._plan = None
         self._anchors = None
+
+    def _pipeline(self):
+        if self._pipe is None:  # first use, or after a failed call left it half fed
+            dali_device = "gpu" if self.device.type == "cuda" else "cpu"
+            self._pipe = _build_pipeline(dali_device, self.batch_size, self._device_id)
+        return self._pipe
 
     def _host_anchors(self, plan):
         # DALI reads slice anchors on the host: copy a plan's offsets once, not once per step.
@@ -99,25 +116,43 @@ class DaliLoader:
 
     def train_batch(self, plan, step: int, *, dtype: torch.dtype = torch.float32, channels_last: bool = False):
         """(x, y) of batch `step` (from 0) of the epoch `plan`: x whitened [B, 3, 28, 28], y int64 [B]."""
-        span = step_span(plan, step, self.batch_size, self.data.train_x.shape[0])
+        n = self.data.train_x.shape[0]
+        span = step_span(plan, step, self.batch_size, n)
         idx = plan.order[span]
-        images = self.data.train_x.index_select(0, idx)
-        anchors = self._host_anchors(plan)[span]
-        x = torch.empty((idx.shape[0], 3, CROP, CROP), dtype=torch.float32, device=self.device)
-        self._run(images, anchors, x)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        try:
+            x = self._take(plan, step, span, stream)
+            if step + 1 < steps_per_epoch(n, self.batch_size):
+                self._feed(plan, step_span(plan, step + 1, self.batch_size, n), stream)
+                self._ahead = (plan, step + 1)
+        except BaseException:
+            self._pipe, self._ahead = None, None  # maybe half fed: a fresh pipeline on the next call
+            raise
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(dtype), self.data.train_y.index_select(0, idx)
 
-    def _run(self, images: torch.Tensor, anchors, out: torch.Tensor) -> None:
+    def _take(self, plan, step: int, span: slice, stream) -> torch.Tensor:
+        """The float32 crops of (plan, step), fed now unless they were fed ahead."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        if out.is_cuda:
-            stream = torch.cuda.current_stream(out.device)
-            self._pipe.feed_input("images", images, cuda_stream=stream)
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] is not plan or ahead[1] != step:
+            if ahead is not None:
+                self._pipe.outputs()  # the batch fed ahead for another request: dropped unused
+            self._feed(plan, span, stream)
+        (crops,) = self._pipe.outputs(cuda_stream=stream)
+        x = torch.empty((span.stop - span.start, 3, CROP, CROP), dtype=torch.float32, device=self.device)
+        feed_ndarray(crops.as_tensor(), x, cuda_stream=stream)
+        return x
+
+    def _feed(self, plan, span: slice, stream) -> None:
+        """Gather the batch at `span` on torch's stream, feed it and schedule its run."""
+        pipe = self._pipeline()
+        images = self.data.train_x.index_select(0, plan.order[span])
+        if stream is not None:
+            pipe.feed_input("images", images, cuda_stream=stream)
         else:
-            stream = None
-            self._pipe.feed_input("images", images.numpy())
-        self._pipe.feed_input("anchors", anchors)
-        (crops,) = self._pipe.run()
-        feed_ndarray(crops.as_tensor(), out, cuda_stream=stream)
+            pipe.feed_input("images", images.numpy())
+        pipe.feed_input("anchors", self._host_anchors(plan)[span])
+        pipe.schedule_run()

@@ -1,5 +1,8 @@
 """Find CIFAR-10 on disk, download it when absent, extract the tarball once into a cache.
 
+This module finds (or fetches) the files; data/cifar.py reads them. `find_or_fetch`
+gives what an experiment reads, `batches_folder` the folder of batch files in it.
+
 Where: `--data-dir`, else $FASTZHANG_DATA, else `./data`. That folder may hold
 `cifar-10-batches-py/`, `cifar-10-batches-bin/` or `cifar-10-python.tar.gz`, or
 be a batches folder (or the tarball) itself.
@@ -36,6 +39,7 @@ from urllib.request import urlopen
 
 from tqdm import tqdm
 
+from fastzhang.data.cifar import BATCH_FILES
 from fastzhang.errors import DataError
 from fastzhang.log import info
 
@@ -43,10 +47,6 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 TARBALL = "cifar-10-python.tar.gz"
 FOLDERS = {"python": "cifar-10-batches-py", "binary": "cifar-10-batches-bin"}
-BATCH_FILES = {
-    "python": tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
-    "binary": tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",),
-}
 CHUNK = 1 << 20
 
 
@@ -81,9 +81,41 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "fastzhang"
 
 
+def find_or_fetch(data_dir: str | Path | None, *, download: bool = True) -> Located:
+    """CIFAR-10 in the data folder (flag, $FASTZHANG_DATA or ./data), downloaded there when absent.
+
+    DataError when it is absent and `download` is off, or the folder was named but does not exist.
+    """
+    root = resolve_data_dir(data_dir)
+    found = locate(root)
+    if found is not None:
+        return found
+    if not download:
+        raise DataError(nothing_found(root))
+    refuse_missing_named_folder(root, data_dir)
+    return Located("tarball", _absolute(download_cifar10(root)))
+
+
+def find(root: str | Path) -> Located:
+    """CIFAR-10 in `root` (a data folder, a batches folder or the tarball); DataError if none."""
+    found = locate(root)
+    if found is None:
+        raise DataError(nothing_found(Path(root)))
+    return found
+
+
+def batches_folder(found: Located) -> Path:
+    """The folder of batch files: the one found, or the tarball's extraction in the cache."""
+    return extract_tarball(found.path) if found.layout == "tarball" else found.path
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))  # ".." folded, symlinks kept
+
+
 def locate(root: str | Path) -> Located | None:
     """What `root` holds, preferring folders (no extraction) over the tarball; None if nothing."""
-    root = Path(os.path.abspath(Path(root).expanduser()))  # absolute, ".." folded, symlinks kept
+    root = _absolute(root)
     if root.is_file():
         return Located("tarball", root) if root.name.endswith((".tar.gz", ".tgz")) else None
     if not root.is_dir():
@@ -118,10 +150,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def extract_tarball(tarball: str | Path, cache: str | Path | None = None) -> Path:
+def extract_tarball(tarball: str | Path) -> Path:
     """The python batches folder of `tarball`, extracted into the cache on first use."""
     tarball = Path(tarball)
-    cache = Path(cache) if cache is not None else cache_dir()
+    cache = cache_dir()
     try:
         digest = file_sha256(tarball)
     except OSError as e:
@@ -174,10 +206,10 @@ def _extract_members(tarball: Path, dest: Path) -> None:
 # Download
 
 
-def download_cifar10(root: str | Path, *, url: str | None = None, md5: str | None = None) -> Path:
+def download_cifar10(root: str | Path) -> Path:
     """Download the official tarball into `root` (progress bar on stderr, md5 checked)."""
     root = Path(root)
-    url, md5 = url or CIFAR10_URL, md5 or CIFAR10_MD5
+    url, md5 = CIFAR10_URL, CIFAR10_MD5  # read at call time: tests point them at a local server
     dest = root / TARBALL
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastzhang.data.choices import RANDOMIZATIONS
+from fastzhang.data.cifar import NUM_CLASSES
 from fastzhang.data.seeds import rng
 from fastzhang.errors import UsageError
 
-KINDS = ("none", "partial", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
-NUM_CLASSES = 10
 POSITIONS = 32 * 32
 TRAIN, TEST = 0, 1
 SHUFFLED, RANDOM, GAUSSIAN = 1, 2, 3  # sub-streams of "pixels"
@@ -35,8 +35,8 @@ CHUNK = 4096  # images per vectorized step: bounds memory; results do not depend
 
 def randomize(train_images, train_labels, test_images, test_labels, *, kind: str, corrupt_prob: float, seed: int):
     """-> (train_images, train_labels, test_images, test_labels), randomized as `kind` says."""
-    if kind not in KINDS:
-        raise UsageError(f"randomization must be one of {', '.join(KINDS)}; got {kind!r}")
+    if kind not in RANDOMIZATIONS:
+        raise UsageError(f"randomization must be one of {', '.join(RANDOMIZATIONS)}; got {kind!r}")
     if not 0.0 <= corrupt_prob <= 1.0:
         raise UsageError(f"corrupt_prob must be in [0, 1]; got {corrupt_prob}")
     if kind == "random_labels":

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastzhang.data.cifar import CifarArrays, arrays_from
+from fastzhang.data.cifar import NUM_CLASSES, CifarArrays, arrays_from
 
 SEED = 20170224  # fixed: the data set, not the experiment, owns this seed
 NUM_TRAIN, NUM_TEST = 1024, 256
-NUM_CLASSES = 10
 PATTERN, NOISE = 40.0, 35.0  # pixel units: class signal and per-pixel noise
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from fastzhang.config import ExperimentConfig
-from fastzhang.report.paper import (
-    CHANCE_ACC, CORRUPTION_LEVELS, FIGURE1A_CURVES, FIGURE1A_MODEL, FIGURE1B_MODELS, MODEL_NAMES,
-)
+from fastzhang.models.registry import display_name
+from fastzhang.report.paper import CHANCE_ACC, CORRUPTION_LEVELS, FIGURE1A_CURVES, FIGURE1A_MODEL, FIGURE1B_MODELS
 from fastzhang.report.tables import (
-    NOT_RUN, Run, epochs_text, full_cifar, labels_text, markdown_table, pct, pick,
+    NOT_RUN, FinishedRun, epochs_text, full_cifar, labels_text, markdown_table, pct, pick,
 )
 
 FIGURE1A = "figure1a.png"
@@ -54,7 +53,7 @@ def _drop(path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 # Figure 1a: training loss against steps, one curve per randomization
 
-def figure1a_runs(runs: list[Run]) -> list[tuple[str, str, Run | None]]:
+def figure1a_runs(runs: list[FinishedRun]) -> list[tuple[str, str, FinishedRun | None]]:
     out = []
     for rand, label in FIGURE1A_CURVES:
         def wanted(cfg: ExperimentConfig, rand: str = rand) -> bool:
@@ -64,7 +63,7 @@ def figure1a_runs(runs: list[Run]) -> list[tuple[str, str, Run | None]]:
     return out
 
 
-def figure1a_section(runs: list[Run], out_dir: Path) -> list[str]:
+def figure1a_section(runs: list[FinishedRun], out_dir: Path) -> list[str]:
     curves = figure1a_runs(runs)
     rows = []
     for _, label, run in curves:
@@ -110,7 +109,7 @@ def _curve_cfg(cfg: ExperimentConfig, model: str) -> bool:
             and corruption_level(cfg) is not None)
 
 
-def figure1b_points(runs: list[Run]) -> dict[str, list[tuple[float, Run | None]]]:
+def figure1b_points(runs: list[FinishedRun]) -> dict[str, list[tuple[float, FinishedRun | None]]]:
     """model -> [(p, run)] for the paper's levels plus any other level that has a run."""
     out = {}
     for model in FIGURE1B_MODELS:
@@ -136,14 +135,14 @@ def _plot_against_p(points, value, path: Path, ylabel: str, title: str) -> bool:
     fig, ax = _figure()
     for model, xy in series.items():
         if xy:
-            ax.plot([p for p, _ in xy], [v for _, v in xy], marker="o", label=MODEL_NAMES[model])
+            ax.plot([p for p, _ in xy], [v for _, v in xy], marker="o", label=display_name(model))
     ax.set(xlabel="label corruption p", ylabel=ylabel, title=title, xlim=(-0.05, 1.05))
     ax.set_ylim(bottom=0)
     _save(fig, ax, path)
     return True
 
 
-def _fit_text(run: Run) -> str:
+def _fit_text(run: FinishedRun) -> str:
     fit = run.metrics["fit_step"]
     if fit is not None:
         return str(fit)
@@ -151,7 +150,7 @@ def _fit_text(run: Run) -> str:
     return f"not reached in {run.epochs} epochs" if stop is not None else "not recorded (no stop_at_train_acc)"
 
 
-def figure1bc_section(runs: list[Run], out_dir: Path) -> list[str]:
+def figure1bc_section(runs: list[FinishedRun], out_dir: Path) -> list[str]:
     points = figure1b_points(runs)
     fit_k = lambda r: r.metrics["fit_step"] / 1000 if r.metrics["fit_step"] is not None else None  # noqa: E731
     test_err = lambda r: (100.0 - r.metrics["final_test_acc"]  # noqa: E731
@@ -164,10 +163,10 @@ def figure1bc_section(runs: list[Run], out_dir: Path) -> list[str]:
     for model, pts in points.items():
         for p, run in pts:
             if run is None:
-                rows.append([MODEL_NAMES[model], f"{p:g}", NOT_RUN, "—", "—", "—"])
+                rows.append([display_name(model), f"{p:g}", NOT_RUN, "—", "—", "—"])
             else:
                 err = test_err(run)
-                rows.append([MODEL_NAMES[model], f"{p:g}", f"`{run.experiment_id}`", _fit_text(run),
+                rows.append([display_name(model), f"{p:g}", f"`{run.experiment_id}`", _fit_text(run),
                              epochs_text(run), f"{err:.2f}" if err is not None else "n/a"])
     lines = ["## Figure 1b and 1c: label corruption p", "",
              "Steps until the training accuracy of an epoch reaches the run's stop_at_train_acc (the recipes: "
@@ -183,7 +182,7 @@ def figure1bc_section(runs: list[Run], out_dir: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # Demo: train and test accuracy per epoch
 
-def demo_figure(runs: list[Run], out_dir: Path) -> str | None:
+def demo_figure(runs: list[FinishedRun], out_dir: Path) -> str | None:
     path = out_dir / DEMO
     drawn = [r for r in runs if r.metrics["epochs"]]
     if not drawn:

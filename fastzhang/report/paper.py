@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODEL_NAMES = {
-    "inception": "Inception",
-    "inception_no_bn": "Inception w/o BatchNorm",
-    "alexnet": "AlexNet",
-    "mlp3": "MLP 3x512",
-    "mlp1": "MLP 1x512",
-}
+from fastzhang.data.cifar import NUM_CLASSES
+from fastzhang.models.registry import display_name
 
-CHANCE_ACC = 10.0  # percent: ten classes
+CHANCE_ACC = 100.0 / NUM_CLASSES  # percent
 
 
 @dataclass(frozen=True)
@@ -31,7 +26,7 @@ class Table1Row:
 
     @property
     def label(self) -> str:
-        name = MODEL_NAMES[self.model]
+        name = display_name(self.model)
         return f"{name}, random labels" if self.randomization == "random_labels" else name
 
     @property

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable
 
 from fastzhang.config import ExperimentConfig
 from fastzhang.errors import UsageError
-from fastzhang.report.paper import CHANCE_ACC, MODEL_NAMES, TABLE1, Table1Row
+from fastzhang.models.registry import display_name
+from fastzhang.report.paper import CHANCE_ACC, TABLE1, Table1Row
 
 # Identity settings that are not part of a row's definition; the fewer differ
 # from the defaults, the closer a run is to the paper's schedule.
@@ -25,7 +26,9 @@ NOT_RUN = "not run"
 
 
 @dataclass(frozen=True)
-class Run:
+class FinishedRun:
+    """One completed results file, as the report reads it (not train/engine.Run, the live state)."""
+
     path: Path
     cfg: ExperimentConfig
     payload: dict[str, Any]
@@ -48,7 +51,7 @@ class Run:
         return self.payload["total_epochs"]
 
 
-def load_runs(entries: Iterable[Any]) -> tuple[list[Run], list[tuple[Path, str]]]:
+def load_runs(entries: Iterable[Any]) -> tuple[list[FinishedRun], list[tuple[Path, str]]]:
     """Split `results.scan` entries into usable runs and (path, problem) pairs."""
     runs, damaged = [], []
     for order, entry in enumerate(entries):
@@ -64,7 +67,7 @@ def load_runs(entries: Iterable[Any]) -> tuple[list[Run], list[tuple[Path, str]]
             damaged.append((entry.path, f"its config is experiment {cfg.experiment_id!r}, "
                                         f"not the {entry.payload['experiment_id']!r} it claims"))
             continue
-        runs.append(Run(entry.path, cfg, entry.payload, order))
+        runs.append(FinishedRun(entry.path, cfg, entry.payload, order))
     return runs, damaged
 
 
@@ -72,8 +75,8 @@ def departures(cfg: ExperimentConfig, ignore: tuple[str, ...] = ()) -> int:
     return sum(getattr(cfg, f) != getattr(_DEFAULTS, f) for f in SCHEDULE_FIELDS if f not in ignore)
 
 
-def pick(runs: Iterable[Run], wanted: Callable[[ExperimentConfig], bool], *,
-         ignore: tuple[str, ...] = (), prefer: Callable[[Run], bool] | None = None) -> Run | None:
+def pick(runs: Iterable[FinishedRun], wanted: Callable[[ExperimentConfig], bool], *,
+         ignore: tuple[str, ...] = (), prefer: Callable[[FinishedRun], bool] | None = None) -> FinishedRun | None:
     """The completed run `wanted` accepts: `prefer`red first, then closest to the defaults, then newest."""
     found = [r for r in runs if r.completed and wanted(r.cfg)]
     if not found:
@@ -94,7 +97,7 @@ def diff(ours: Any, paper: float) -> str:
     return f"{ours - paper:+.2f}" if isinstance(ours, (int, float)) and ours == ours else "—"
 
 
-def epochs_text(run: Run) -> str:
+def epochs_text(run: FinishedRun) -> str:
     text = str(run.epochs)
     return text + " (stopped: fit)" if run.payload.get("stopped_early") else text
 
@@ -107,7 +110,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # Table 1
 
-def table1_match(row: Table1Row, runs: list[Run]) -> Run | None:
+def table1_match(row: Table1Row, runs: list[FinishedRun]) -> FinishedRun | None:
     def wanted(cfg: ExperimentConfig) -> bool:
         return (full_cifar(cfg) and cfg.model == row.model and cfg.randomization == row.randomization
                 and cfg.random_crop == row.random_crop and (cfg.weight_decay > 0) == row.weight_decay)
@@ -115,7 +118,7 @@ def table1_match(row: Table1Row, runs: list[Run]) -> Run | None:
     return pick(runs, wanted)
 
 
-def table1_section(runs: list[Run]) -> list[str]:
+def table1_section(runs: list[FinishedRun]) -> list[str]:
     header = ["Model", "Random crop", "Weight decay", "Paper train", "Paper test",
               "Ours train", "Ours test", "Δ train", "Δ test", "Epochs", "Experiment"]
     rows, done = [], 0
@@ -143,9 +146,9 @@ def table1_section(runs: list[Run]) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # Demo, unfinished runs, damaged files
 
-def demo_runs(runs: list[Run]) -> list[Run]:
+def demo_runs(runs: list[FinishedRun]) -> list[FinishedRun]:
     """The newest completed run of each experiment trained on a subset (the CPU demo's kind)."""
-    newest: dict[str, Run] = {}
+    newest: dict[str, FinishedRun] = {}
     for run in runs:
         if run.completed and run.cfg.train_subset is not None:
             if run.experiment_id not in newest or run.order > newest[run.experiment_id].order:
@@ -159,9 +162,9 @@ def labels_text(cfg: ExperimentConfig) -> str:
     return {"none": "true labels"}.get(cfg.randomization, cfg.randomization.replace("_", " "))
 
 
-def demo_section(runs: list[Run], figure: str | None) -> list[str]:
+def demo_section(runs: list[FinishedRun], figure: str | None) -> list[str]:
     header = ["Experiment", "Model", "Data", "Train images", "Epochs", "Train acc", "Test acc"]
-    rows = [[f"`{r.experiment_id}`", MODEL_NAMES.get(r.cfg.model, r.cfg.model), labels_text(r.cfg),
+    rows = [[f"`{r.experiment_id}`", display_name(r.cfg.model), labels_text(r.cfg),
              str(r.cfg.train_subset), epochs_text(r), pct(r.metrics["final_train_acc"]),
              pct(r.metrics["final_test_acc"])] for r in runs]
     lines = ["## Demo: fitting random labels (CPU-sized)", "",
@@ -169,7 +172,7 @@ def demo_section(runs: list[Run], figure: str | None) -> list[str]:
              *markdown_table(header, rows), ""]
     for r in runs:
         if r.cfg.randomization != "none":
-            lines.append(f"- {MODEL_NAMES.get(r.cfg.model, r.cfg.model)}, {labels_text(r.cfg)}: train "
+            lines.append(f"- {display_name(r.cfg.model)}, {labels_text(r.cfg)}: train "
                          f"accuracy {pct(r.metrics['final_train_acc'])}% against test accuracy "
                          f"{pct(r.metrics['final_test_acc'])}% (chance: {CHANCE_ACC:g}%).")
     if figure:
@@ -177,7 +180,7 @@ def demo_section(runs: list[Run], figure: str | None) -> list[str]:
     return lines + [""]
 
 
-def unfinished_section(runs: list[Run]) -> list[str]:
+def unfinished_section(runs: list[FinishedRun]) -> list[str]:
     rows = [[f"`{r.experiment_id}`", f"{r.epochs} / {r.payload['target_epochs']}", f"`{r.path.name}`"]
             for r in runs if not r.completed]
     if not rows:

@@ -17,13 +17,10 @@ import torch
 from tqdm import tqdm
 
 from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
-from fastzhang.models import build_model
+from fastzhang.models.build import build_model
+from fastzhang.results import METRIC_SERIES as METRIC_KEYS  # the results file's series, one row per epoch
 from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
-METRIC_KEYS = (
-    "epochs", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-    "epoch_seconds", "images_per_second", "steps",
-)
 EVAL_BATCH = 1000
 
 
@@ -82,13 +79,13 @@ class Hooks:
     save: Callable[[bool], None]  # save(mid_epoch)
     stop_requested: Callable[[], bool] = lambda: False
     on_epoch: Callable[[dict], None] = lambda row: None
-    checkpoint_every_steps: int | None = None
+    on_fallback: Callable[[str, str], None] = lambda switch, reason: None  # a speed switch turned off
     quiet: bool = False
 
 
 def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
     """Train until the target epoch or the fit threshold; False if interrupted by a stop request."""
-    step_fn = TrainStep(run.model, run.optimizer, speed)
+    step_fn = TrainStep(run.model, run.optimizer, speed, on_fallback=hooks.on_fallback)
     while run.epoch < cfg.epochs and not run.fitted:
         if not _train_epoch(cfg, run, data, loader, speed, step_fn, hooks):
             return False
@@ -111,6 +108,7 @@ def _train_epoch(cfg, run: Run, data, loader, speed: Speed, step_fn: TrainStep, 
         run.partial = _empty_partial(device)
     sums = run.partial
     resumed_at = run.step_in_epoch
+    elapsed = clock(device)
     start = time.perf_counter()
     bar = tqdm(
         total=steps, initial=resumed_at, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
@@ -126,18 +124,33 @@ def _train_epoch(cfg, run: Run, data, loader, speed: Speed, step_fn: TrainStep, 
         run.global_step += 1
         display.update(step + 1 - resumed_at, time.perf_counter() - start)
         if hooks.stop_requested():
-            sums["seconds"] += time.perf_counter() - start
+            sums["seconds"] += elapsed(start)
             bar.close()
             hooks.save(True)
             return False
-        every = hooks.checkpoint_every_steps
+        every = cfg.checkpoint_every_steps
         if every and run.global_step % every == 0 and step + 1 < steps:
-            sums["seconds"] += time.perf_counter() - start
+            sums["seconds"] += elapsed(start)
             start = time.perf_counter()
             hooks.save(True)
-    sums["seconds"] += time.perf_counter() - start
+    sums["seconds"] += elapsed(start)
     bar.close()
     return True
+
+
+def clock(device: torch.device) -> Callable[[float], float]:
+    """elapsed(start): seconds since `start`, once the work queued on `device` is done.
+
+    The host runs ahead of a GPU by many steps; reading the clock without waiting
+    would stop it early and overstate images/s. One wait per epoch (and per
+    mid-epoch checkpoint, which copies device tensors anyway) costs nothing.
+    """
+    def elapsed(start: float) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return elapsed
 
 
 def _empty_partial(device: torch.device) -> dict:

@@ -19,11 +19,16 @@ once per batch shape: the full batch and the epoch's smaller last batch
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from fastzhang.models.registry import MODELS
 
 WARMUP_STEPS = 3  # eager steps before a capture: compile, cuDNN/cuBLAS workspaces, optimizer state
 
@@ -51,13 +56,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def activate_device(device: torch.device) -> None:
+    """Make `device` CUDA's current device.
+
+    Streams, events, graph captures and Triton launches made without an explicit
+    device go to the current one: without this, `cuda:1` tensors would meet work
+    queued on device 0.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def cpu_has_native_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls and convolutions beat fp32 (NOTES §4: 1.4x-2.8x)."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-CONVOLUTIONAL = ("inception", "inception_no_bn", "alexnet")
 
 
 def resolve_speed(cfg, device: torch.device) -> Speed:
@@ -67,7 +80,7 @@ def resolve_speed(cfg, device: torch.device) -> Speed:
         "amp": cuda or cpu_has_native_bf16(),
         "compile": cuda,
         "cuda_graphs": cuda,
-        "channels_last": cfg.model in CONVOLUTIONAL,
+        "channels_last": MODELS[cfg.model].convolutional,
     }
 
     def switch(name: str) -> bool:
@@ -105,55 +118,117 @@ class CudaGraphs:
         torch.cuda.current_stream().wait_stream(side)
 
     def capture(self, fn):
-        """Record fn's kernels; returns (replay, fn's outputs, which each replay rewrites)."""
+        """Record fn's kernels; returns (replay, fn's outputs, which each replay rewrites).
+
+        Thread-local capture mode: the default global mode aborts the capture when any
+        other thread (DALI's workers, a data loader) makes a CUDA call meanwhile.
+        """
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = fn()
         return graph.replay, outputs
 
 
+# Test-only hook (like atomicio's FASTZHANG_TEST_SLOW_WRITE): comma-separated "capture" and/or
+# "compile" make that stage fail, so the fallback below can be exercised on any machine.
+FAIL_ENV = "FASTZHANG_TEST_FAIL"
+
+
+def _injected_failures() -> frozenset[str]:
+    return frozenset(part.strip() for part in os.environ.get(FAIL_ENV, "").split(",") if part.strip())
+
+
+class _InjectedFailure(RuntimeError):
+    pass
+
+
 class TrainStep:
-    """One SGD step; accumulates the summed loss and correct count on the device."""
+    """One SGD step; accumulates the summed loss and correct count on the device.
+
+    A failed CUDA-graph capture or torch.compile must not end a long run: the first
+    step of each batch shape runs under a snapshot of the weights and optimizer state;
+    if compiling (in the first forward) or capturing fails, the state is put back, the
+    switch is turned off (graphs first, then compile: the next slower path),
+    `on_fallback(switch, reason)` is told, and the step is tried again. `speed` is
+    always the switches actually in use.
+    """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, speed: Speed, *,
-                 compile_mode: str | None = None, graphs=None):
+                 compile_mode: str | None = None, graphs=None,
+                 on_fallback: Callable[[str, str], None] = lambda switch, reason: None):
         self.model = model
         self.optimizer = optimizer
         self.speed = speed
+        self.on_fallback = on_fallback
+        self._fail = _injected_failures()
         # dynamic=False: one static compilation per batch shape (full and last), like the graphs.
         # The default mode: "reduce-overhead" would nest inductor's CUDA graphs in ours.
         self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if speed.compile else model
+        if speed.compile and "compile" in self._fail:
+            self.forward = _failing("compile")
         self.graphs = graphs if graphs is not None else (CudaGraphs() if speed.cuda_graphs else None)
         self._captured: dict[tuple, tuple] = {}
+        self._proven: set[tuple] = set()  # batch shapes whose first step succeeded
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
-        if self.graphs is not None:
-            loss, right = self._replay(x, y)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, right = self._step(x, y)
+        key = (tuple(x.shape), x.stride(), x.dtype)
+        loss, right = self._run(key, x, y) if key in self._proven else self._first(key, x, y)
         loss_sum += loss.detach() * y.shape[0]
         correct += right
 
+    def _run(self, key, x, y):
+        if self.graphs is not None:
+            return self._replay(key, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._step(x, y)
+
+    def _first(self, key, x, y):
+        """The first step of a batch shape: compile and capture happen here, and may fail."""
+        if self.graphs is None and self.forward is self.model:
+            return self._run(key, x, y)  # the plain path: nothing to fall back from
+        while True:
+            saved = _snapshot(self.model, self.optimizer)
+            try:
+                if self.graphs is not None:
+                    self._captured[key] = self._capture(x, y, saved)
+                out = self._run(key, x, y)
+                self._proven.add(key)
+                return out
+            except _StageFailed as failed:
+                _restore(self.model, self.optimizer, saved)
+                self._fall_back(failed.switch, failed.__cause__)
+
+    def _fall_back(self, switch: str, error: BaseException) -> None:
+        if switch == "cuda_graphs":
+            self.graphs, self._captured = None, {}
+        else:
+            self.forward = self.model
+        self._proven.clear()
+        self.speed = dataclasses.replace(self.speed, **{switch: False})
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        self.on_fallback(switch, f"{type(error).__name__}: {reason}" if reason else type(error).__name__)
+
     def _step(self, x, y):
         """Forward, backward, SGD: the work a graph captures (gradients start as None)."""
-        loss, right = _forward_loss(self.forward, x, y, self.speed.amp)
-        loss.backward()
+        try:  # inductor compiles the forward at its first call and the backward at its first run
+            loss, right = _forward_loss(self.forward, x, y, self.speed.amp)
+            loss.backward()
+        except Exception as e:
+            if self.forward is not self.model:
+                raise _StageFailed("compile") from e
+            raise
         self.optimizer.step()
         return loss.detach(), right
 
     # -- CUDA graphs -------------------------------------------------------------------
-    def _replay(self, x, y):
-        key = (tuple(x.shape), x.stride(), x.dtype)
-        if key not in self._captured:
-            self._captured[key] = self._capture(x, y)
+    def _replay(self, key, x, y):
         replay, static_x, static_y, outputs = self._captured[key]
         static_x.copy_(x)
         static_y.copy_(y)
         replay()
         return outputs
 
-    def _capture(self, x, y):
+    def _capture(self, x, y, saved: dict):
         """Warm up, then capture forward+backward+step for this batch shape.
 
         The learning rate lives in a device tensor (engine.build_run), so the
@@ -162,8 +237,6 @@ class TrainStep:
         place afterwards (the graph holds their addresses), so capturing never
         changes the training trajectory.
         """
-        saved_model = {k: v.clone() for k, v in self.model.state_dict().items()}
-        saved_state = _clone_tree(self.optimizer.state_dict()["state"])
         static_x, static_y = x.clone(), y.clone()
         with self.graphs.warmup():
             for _ in range(WARMUP_STEPS):
@@ -172,12 +245,41 @@ class TrainStep:
         # Gradients None before capture: backward then allocates them in the graph's pool
         # and every replay writes them afresh rather than accumulating.
         self.optimizer.zero_grad(set_to_none=True)
-        replay, outputs = self.graphs.capture(lambda: self._step(static_x, static_y))
-        with torch.no_grad():
-            for name, value in self.model.state_dict().items():  # detached views of the live tensors
-                value.copy_(saved_model[name])
-        _restore_optimizer(self.optimizer, saved_state)
+        try:
+            if "capture" in self._fail:
+                raise _InjectedFailure(f"injected capture failure ({FAIL_ENV})")
+            replay, outputs = self.graphs.capture(lambda: self._step(static_x, static_y))
+        except Exception as e:
+            raise _StageFailed("cuda_graphs") from e
+        _restore(self.model, self.optimizer, saved)
         return replay, static_x, static_y, outputs
+
+
+class _StageFailed(Exception):
+    """compile or capture failed; __cause__ says why."""
+
+    def __init__(self, switch: str):
+        super().__init__(switch)
+        self.switch = switch
+
+
+def _failing(stage: str):
+    def forward(x):
+        raise _InjectedFailure(f"injected {stage} failure ({FAIL_ENV})")
+    return forward
+
+
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return {"model": {k: v.clone() for k, v in model.state_dict().items()},
+            "optimizer": _clone_tree(optimizer.state_dict()["state"])}
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Copy a snapshot back in place: a captured graph holds these tensors' addresses."""
+    with torch.no_grad():
+        for name, value in model.state_dict().items():  # detached views of the live tensors
+            value.copy_(saved["model"][name])
+    _restore_optimizer(optimizer, saved["optimizer"])
 
 
 def _clone_tree(obj):

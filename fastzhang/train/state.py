@@ -1,27 +1,51 @@
-"""A `Run` as a checkpoint payload of plain dicts and tensors, and back.
+"""The checkpoint payload: the one place that builds, checks and reads it.
 
-The payload holds only tensors, numbers, strings, lists and dicts, so
+A payload is a `Run` (train/engine.py) as plain dicts, tensors and scalars, so
 `torch.load(weights_only=True)` reads it and a checkpoint is code-free data.
 Data order and crop offsets are functions of (seed, epoch), so the payload
-needs no loader state for resumption to be exact.
+needs no loader state for resumption to be exact. checkpoint.py stores a
+payload (adding `format`, `format_version` and `checksum`); everything else,
+the resume checks in experiment.py and `fastzhang status` included, reads it
+through this module. docs/architecture.md shows SCHEMA as a table.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
+from fastzhang.config import ExperimentConfig
+from fastzhang.errors import UsageError
 from fastzhang.train.engine import METRIC_KEYS, Run
 
-FORMAT = "fastzhang-checkpoint"
-FORMAT_VERSION = 1
+# key -> what it holds. Every key is written by to_payload and needed by restore.
+SCHEMA = {
+    "experiment_id": "the experiment ID (config.experiment_id)",
+    "config": "ExperimentConfig.to_dict(): identity and execution fields",
+    "epoch": "epochs fully completed",
+    "step_in_epoch": "steps done in epoch + 1 (0 at an epoch boundary)",
+    "global_step": "optimizer steps since the start",
+    "model_state_dict": "the model's weights and BatchNorm statistics",
+    "optimizer_state_dict": "SGD's momentum buffers and hyperparameters",
+    "scheduler_state_dict": "the exponential learning-rate decay",
+    "best_test_acc": "best test accuracy (%) over finished epochs",
+    "all_metrics": "the results file's metric series so far",
+    "partial_epoch": "running sums of the unfinished epoch: loss_sum, correct, seen, seconds ({} at a boundary)",
+    "fit": "{epoch, step} at which stop_at_train_acc was reached, else nulls",
+    "rng_state": "{torch: the CPU generator's state}",
+    "data_fingerprint": "sha256 of the data set before randomization",
+    "wandb_run_id": "the W&B run continued on resume, or null",
+}
+# What restore cannot do without; the other two are for people (experiment_id) or read with a default.
+REQUIRED = tuple(key for key in SCHEMA if key not in ("experiment_id", "wandb_run_id"))
 _EXECUTION_KEYS = ("fused", "foreach", "capturable", "differentiable")
 
 
-def to_payload(run: Run, cfg, data_fingerprint: str) -> dict:
+def to_payload(run: Run, cfg: ExperimentConfig, data_fingerprint: str) -> dict:
     partial = run.partial
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "experiment_id": cfg.experiment_id,
         "config": cfg.to_dict(),
         "epoch": run.epoch,
@@ -45,11 +69,79 @@ def to_payload(run: Run, cfg, data_fingerprint: str) -> dict:
     }
 
 
+def is_best(run: Run, mid_epoch: bool) -> bool:
+    """Whether the payload of `run` now is also the best checkpoint (ties go to the later epoch)."""
+    test_acc = run.metrics["test_acc"]
+    return not mid_epoch and bool(test_acc) and test_acc[-1] >= run.best_test_acc
+
+
+# ------------------------------------------------------------------------------------------
+# Checking a payload before resuming from it
+
+
+def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
+    """`payload` if it was written by exactly the experiment `cfg`; else a UsageError naming `path`."""
+    missing = [key for key in REQUIRED if key not in payload]
+    if "config" in missing:
+        raise UsageError(f"checkpoint {path} has no config: it was not written by `fastzhang run`")
+    try:
+        stored = ExperimentConfig.from_mapping(payload["config"], source=str(path))
+    except UsageError as e:
+        raise UsageError(f"checkpoint {path} holds an unreadable config ({e})") from None
+    theirs, ours = stored.identity(), cfg.identity()
+    diff = [f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
+    if diff:
+        raise UsageError(
+            f"checkpoint {path} belongs to a different configuration ({'; '.join(diff)}); "
+            "use --force to start over, or pick the matching checkpoint"
+        )
+    if missing:
+        raise UsageError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by `fastzhang run`")
+    return payload
+
+
+def check_data(payload: dict, fingerprint: str, source: str) -> None:
+    """A checkpoint continues only on the data it was trained on."""
+    if payload["data_fingerprint"] != fingerprint:
+        raise UsageError(
+            f"the checkpoint was trained on data with fingerprint {str(payload['data_fingerprint'])[:16]}…, "
+            f"but {source} has {fingerprint[:16]}…; use the same data or --force"
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Reading a payload for display (`fastzhang status`)
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int | None  # epochs fully completed
+    target_epochs: int | None
+    step_in_epoch: int
+    best_test_acc: float | None
+    last_test_acc: float | None  # of the last finished epoch
+
+
+def progress(payload: dict) -> Progress:
+    """What a verified checkpoint says about its run; tolerant of missing keys (status shows '?')."""
+    test_acc = (payload.get("all_metrics") or {}).get("test_acc") or [None]
+    return Progress(
+        epoch=payload.get("epoch"), target_epochs=(payload.get("config") or {}).get("epochs"),
+        step_in_epoch=payload.get("step_in_epoch") or 0, best_test_acc=payload.get("best_test_acc"),
+        last_test_acc=test_acc[-1],
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Restoring a Run
+
+
 def restore(run: Run, payload: dict) -> None:
     """Load a verified payload into a freshly built `run` (same config)."""
     device = next(run.model.parameters()).device
     run.model.load_state_dict(payload["model_state_dict"])
     run.optimizer.load_state_dict(_optimizer_state_for(run.optimizer, payload["optimizer_state_dict"]))
+    _lay_out_like_parameters(run.optimizer)
     run.scheduler.load_state_dict(payload["scheduler_state_dict"])
     run.epoch = int(payload["epoch"])
     run.step_in_epoch = int(payload["step_in_epoch"])
@@ -66,6 +158,20 @@ def restore(run: Run, payload: dict) -> None:
     run.fit_epoch, run.fit_step = payload["fit"]["epoch"], payload["fit"]["step"]
     run.wandb_run_id = payload.get("wandb_run_id")
     torch.set_rng_state(payload["rng_state"]["torch"])
+
+
+def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter buffer its parameter's memory layout.
+
+    `Optimizer.load_state_dict` keeps the checkpoint's strides, so a run saved in
+    NCHW and resumed with channels_last meets NCHW momentum beside channels_last
+    weights: CUDA's fused SGD refuses such pairs (the CPU kernel accepts them).
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _optimizer_state_for(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
