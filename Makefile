@@ -15,18 +15,20 @@ TORCH_INDEX_URL ?=
 EXTRAS   ?= dev
 JOBS     ?= 1
 
-.PHONY: help setup setup-full test test-fast demo report bench bench-gpu gpu-check gpu-wheels table1 figure1a \
-        figure1b baseline random_labels all status clean-venv
+.PHONY: help setup setup-full test test-fast demo report bench bench-compare bench-gpu gpu-check gpu-wheels \
+        table1 figure1a figure1b baseline random_labels cifar100 all status clean-venv
 
 help:
 	@echo "make demo        set up, run the CPU demo (true vs random labels), write the report"
 	@echo "make test        set up with all extras and run the test suite (what CI runs)"
-	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/"
+	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/, run kept in"
+	@echo "                 bench/history/ (BENCH_THREADS=1 on a shared machine; BENCH_SELECT=expr: pytest -k)"
+	@echo "make bench-compare  the latest run against bench/history/: regressions, trend.png"
 	@echo "make gpu-check   first contact with a CUDA GPU, offline: correctness and speed in ~6 min"
 	@echo "                 (FASTZHANG_GPU_DRY_RUN=1: its plumbing on the CPU; bench/gpu_check/)"
 	@echo "make gpu-wheels  fill bench/wheels/ (needs package access) for gpu-check on an offline machine"
 	@echo "make bench-gpu   GPU benchmark suite (bench/gpu.sh), for a machine with CUDA"
-	@echo "make table1 | figure1a | figure1b | baseline | random_labels | all"
+	@echo "make table1 | figure1a | figure1b | baseline | random_labels | cifar100 | all"
 	@echo "                 run a category of recipes (completed ones are skipped), then the report"
 	@echo "make report      rebuild results/report from the results files"
 	@echo "make status      one row per experiment"
@@ -62,7 +64,7 @@ report: setup
 status: setup
 	$(FZ) status
 
-table1 figure1a figure1b baseline random_labels: setup
+table1 figure1a figure1b baseline random_labels cifar100: setup
 	bash recipes/run_all_recipes.sh --category $@ --jobs $(JOBS); status=$$?; \
 	$(FZ) report --results results --out results/report; exit $$status
 
@@ -73,12 +75,21 @@ all: setup
 # torch threads for every CPU benchmark of the run; on a machine other jobs share, BENCH_THREADS=1
 # (OpenMP threads that wait for a busy core lose several times, bench/NOTES.md §1).
 BENCH_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
+# A subset of the suite (pytest -k), e.g. BENCH_SELECT="data or mlp1"; empty: every benchmark.
+BENCH_SELECT ?=
+# Every run is kept, with its commit and machine, in pytest-benchmark's storage (bench/history.py).
+BENCH_HISTORY := bench/history
 
 bench: setup-full
 	mkdir -p bench/out
 	FASTZHANG_BENCH_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m pytest bench -q \
-		--benchmark-json=bench/out/cpu.json -p no:cacheprovider
+		--benchmark-json=bench/out/cpu.json -p no:cacheprovider \
+		--benchmark-storage=file://$(BENCH_HISTORY) --benchmark-autosave $(if $(BENCH_SELECT),-k "$(BENCH_SELECT)")
 	$(VENV)/bin/python bench/table.py bench/out/cpu.json | tee bench/out/cpu.md
+
+# The latest run against the earlier ones: exit 1 on a drop beyond the noise (bench/history.py).
+bench-compare: setup-full
+	$(VENV)/bin/python bench/history.py --history $(BENCH_HISTORY) --figure $(BENCH_HISTORY)/trend.png
 
 bench-gpu:
 	PYTHON=$(PYTHON) bash bench/gpu.sh

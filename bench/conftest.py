@@ -5,6 +5,9 @@ baseline itself, `ratio_vs_naive`: its images/s over its baseline's (the naive
 per-sample DataLoader, or fp32 eager for a training mode), measured in the same
 session on the same data. The machine's load and torch's thread count are
 recorded too: on a shared 2-core machine they move CPU numbers by several times.
+`make bench` also saves the run into bench/history/ (pytest-benchmark's storage);
+pytest_benchmark_update_machine_info adds the machine kind that bench/history.py
+compares absolute numbers by.
 
 Threads: FASTZHANG_BENCH_THREADS (default: every core) is set once for the
 session, so every case in one run shares one setting. Compiler caches start
@@ -20,6 +23,7 @@ import pytest
 import torch
 
 from clock import environment, sync
+from history import machine
 
 N_IMAGES = 10_000  # one round = one epoch over the synthetic set's training images
 ROUNDS = 3
@@ -32,6 +36,14 @@ def pytest_configure(config):
     fresh = tempfile.mkdtemp(prefix="fastzhang-bench-compile-")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(fresh, "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(fresh, "triton"))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What pytest-benchmark's machine_info lacks for bench/history.py: the machine kind, torch, the load."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    machine_info["fastzhang"] = {**machine(machine_info.get("cpu", {}), os.cpu_count() or 1, gpu),
+                                 "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                                 "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +77,13 @@ def measure(bench_device, rates):
 
         benchmark.pedantic(round_, rounds=rounds, iterations=1, warmup_rounds=warmup)
         rate = images / benchmark.stats.stats.median
-        rates[name] = rate
-        benchmark.extra_info.update(images_per_s=round(rate, 1), **environment(bench_device))
+        benchmark.extra_info.update(images_per_s=round(rate, 1), name=name, **environment(bench_device))
         if baseline is not None:
             benchmark.extra_info["ratio_vs_naive"] = round(rate / baseline, 2)
+            # The baseline's name, by which bench/history.py finds its rounds' noise. A baseline timed
+            # apart (a case run alone with -k) has no benchmark of that name in the run, or no name.
+            benchmark.extra_info["baseline"] = next((k for k, v in rates.items() if v == baseline), None)
+        rates[name] = rate
         return rate
 
     return run

@@ -16,7 +16,8 @@
 #   train  bench/test_bench_train.py: images/s per model per mode, time-to-first-step (compile)
 #   epoch  bench/test_bench_epoch.py: epoch time per model, checkpoint save/load
 #   models bench/test_bench_models.py: AlexNet's LRN
-# Output: bench/out/gpu.md (the table), bench/out/gpu-<stage>.log.
+# Output: bench/out/gpu.md (the table), bench/out/gpu-<stage>.log; each stage's run is also kept in
+# bench/history/ (pytest-benchmark's storage, one file per stage; `make bench-compare`, bench/history.py).
 #
 # No CUDA: exits 2 with a message. FASTZHANG_GPU_DRY_RUN=1 runs the install and a small CPU subset
 # of every stage instead, to check this script on a machine without a GPU.
@@ -78,13 +79,14 @@ if [[ "$DRY" == 1 ]]; then
     stage train 60 "$B/test_bench_train.py" "$(json train)" -k "mlp1-eager or mlp1-amp"
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    keep=(--benchmark-storage="file://$REPO/bench/history" --benchmark-autosave)  # not the dry run's: CPU plumbing
     # Caps (seconds): bench/NOTES.md "GPU check: predictions" and §7, with room. The train stage
     # compiles mlp1, mlp3, alexnet and inception cold (predicted 10-20 + 5 + 15-30 + 40-90 s); the
     # epoch stage compiles each model's last-batch shape (80 images) and runs two naive epochs each.
-    stage data 40 "$B/test_bench_data.py" "$(json data)"
-    stage train 250 "$B/test_bench_train.py" "$(json train)"
-    stage epoch 200 "$B/test_bench_epoch.py" "$(json epoch)"
-    stage models 30 "$B/test_bench_models.py" "$(json models)"
+    stage data 40 "$B/test_bench_data.py" "$(json data)" "${keep[@]}"
+    stage train 250 "$B/test_bench_train.py" "$(json train)" "${keep[@]}"
+    stage epoch 200 "$B/test_bench_epoch.py" "$(json epoch)" "${keep[@]}"
+    stage models 30 "$B/test_bench_models.py" "$(json models)" "${keep[@]}"
 fi
 
 shopt -s nullglob

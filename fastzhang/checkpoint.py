@@ -11,7 +11,7 @@ top of that:
 * `save` writes through `atomic_write` and, just before the new file takes the
   final name, rotates the current one to `{stem}.prev.pth`. A crash between the
   two renames leaves no latest file but a good `.prev`, which `load_latest` uses.
-* File names live here too (`latest_path`, `best_path`); importing this module
+* File names live here too (`latest_path`, `best_path`, `log_path`); importing this module
   does not import torch, so code that only names files stays fast.
 * `load` refuses anything that is not an intact fastzhang checkpoint with
   `CheckpointCorrupt`; `load_latest` falls back to `.prev` and moves a damaged file
@@ -30,7 +30,7 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from fastzhang.atomicio import atomic_write, fsync_dir
 from fastzhang.errors import CheckpointError, WriteError
@@ -40,10 +40,13 @@ FORMAT = "fastzhang-checkpoint"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-_KINDS = r"(?:checkpoint|best)(?:\.prev)?\.pth"
+_KINDS = r"(?:(?:checkpoint|best)(?:\.prev)?|epoch\d{3,})\.pth"  # latest, best, their .prev, snapshots
 _CORRUPT = r"\.corrupt-\d{8}_\d{6}(?:_\d+)?"
 _ANY_ID_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:{_CORRUPT})?$")
 _ANY_ID_TMP_RE = re.compile(rf"^\.(?P<id>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
+
+
+CHECKSUM_MISMATCH = "checksum mismatch"
 
 
 class CheckpointCorrupt(CheckpointError):
@@ -53,6 +56,11 @@ class CheckpointCorrupt(CheckpointError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"checkpoint {path} is damaged: {reason}")
+
+    @property
+    def was_ours(self) -> bool:
+        """A fastzhang checkpoint whose bytes changed since save(), not some other file."""
+        return self.reason.startswith(CHECKSUM_MISMATCH)
 
 
 # ------------------------------------------------------------------------------------------
@@ -66,6 +74,26 @@ def best_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
     return Path(checkpoint_dir) / f"{experiment_id}_best.pth"
 
 
+def snapshot_path(checkpoint_dir: str | Path, experiment_id: str, epoch: int) -> Path:
+    """The snapshot kept at the end of `epoch` (--snapshot-every): `{id}_epoch{E:03d}.pth`."""
+    return Path(checkpoint_dir) / f"{experiment_id}_epoch{epoch:03d}.pth"
+
+
+def snapshots(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
+    """The experiment's snapshots, oldest epoch first."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return []
+    names = re.compile(rf"^{re.escape(experiment_id)}_epoch(\d{{3,}})\.pth$")
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := names.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def log_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
+    """The experiment's own log (fastzhang/runlog.py), kept beside its checkpoints across resumptions."""
+    return Path(checkpoint_dir) / f"{experiment_id}.log"
+
+
 def prev_path(path: str | Path) -> Path:
     """`x_checkpoint.pth` -> `x_checkpoint.prev.pth`."""
     path = Path(path)
@@ -73,12 +101,13 @@ def prev_path(path: str | Path) -> Path:
 
 
 def experiment_files(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
-    """Every checkpoint file of one experiment: latest, best, their .prev, .corrupt-* and stale .tmp."""
+    """Every file of one experiment in the checkpoint folder: latest, best, their .prev, .corrupt-*,
+    stale .tmp, and its log."""
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return []
     ident = re.escape(experiment_id)
-    names = re.compile(rf"^{ident}_{_KINDS}(?:{_CORRUPT})?$|^\.{ident}_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
+    names = re.compile(rf"^{ident}_{_KINDS}(?:{_CORRUPT})?$|^\.{ident}_{_KINDS}\.[A-Za-z0-9_]+\.tmp$|^{ident}\.log$")
     return sorted(p for p in folder.iterdir() if names.match(p.name) and not p.is_dir())
 
 
@@ -162,12 +191,12 @@ def _feed_tensor(h: Any, t, where: str) -> None:
 # Save and load
 
 def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = True,
-         copy_to: str | Path | None = None) -> Path:
+         copy_to: Sequence[str | Path] = ()) -> Path:
     """Write `payload` (plus format, format_version, checksum) atomically to `path`.
 
     With `keep_previous`, the file currently at `path` becomes `{stem}.prev.pth`.
-    `copy_to` (e.g. the best checkpoint) gets the same bytes first, without a
-    .prev: the payload is checksummed and serialized once for both files.
+    `copy_to` (the best checkpoint, a snapshot) get the same bytes first, without a
+    .prev: the payload is checksummed and serialized once for all files.
     Raises `WriteError` on disk full / permissions (old files intact), `TypeError`
     for a value that `torch.load(weights_only=True)` could not read back.
     """
@@ -190,8 +219,8 @@ def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = 
     buffer = io.BytesIO()
     torch.save(full, buffer)
     data = buffer.getbuffer()
-    if copy_to is not None:
-        atomic_write(Path(copy_to), lambda f: f.write(data), what="checkpoint")
+    for copy in copy_to:
+        atomic_write(Path(copy), lambda f: f.write(data), what="checkpoint")
     atomic_write(path, lambda f: f.write(data), what="checkpoint", before_replace=rotate if keep_previous else None)
     return path
 
@@ -252,7 +281,7 @@ def _payload_problem(payload: Any) -> str | None:
     except TypeError as e:
         return str(e)
     if actual != stored:
-        return f"checksum mismatch (stored {stored[:12]}..., content hashes to {actual[:12]}...)"
+        return f"{CHECKSUM_MISMATCH} (stored {stored[:12]}..., content hashes to {actual[:12]}...)"
     return None
 
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import yaml
 
 from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
-from fastzhang.errors import UsageError
+from fastzhang.errors import UsageError, did_you_mean
 from fastzhang.models.registry import MODELS, default_lr
 
 SWITCHES = ("auto", "on", "off")
@@ -56,6 +56,8 @@ class ExperimentConfig:
     seed: int = 0
     train_subset: int | None = None  # train on the first k images of a fixed shuffle
     stop_at_train_acc: float | None = None  # e.g. 100.0: stop once the epoch's train acc reaches it
+    early_stop_patience: int | None = None  # N: stop once the best test accuracy is N epochs old
+    early_stop_min_epochs: int = 0  # M: early stopping never ends a run before epoch M
     # --- execution: how and where it runs ----------------------------------------------
     device: str = "auto"
     data_dir: str | None = None
@@ -65,12 +67,13 @@ class ExperimentConfig:
     channels_last: str = "auto"
     loader: str = "auto"
     checkpoint_every_steps: int | None = None
+    snapshot_every: int | None = None  # keep {id}_epoch{E:03d}.pth every N epochs and at the last
     use_wandb: bool = False
 
     IDENTITY = (
         "model", "dataset", "randomization", "corrupt_prob", "random_crop", "weight_decay",
         "epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "train_subset",
-        "stop_at_train_acc",
+        "stop_at_train_acc", "early_stop_patience", "early_stop_min_epochs",
     )
 
     # ---------------------------------------------------------------------------------
@@ -82,7 +85,12 @@ class ExperimentConfig:
         known = {f.name for f in fields(cls)}
         for key in values:
             if key not in known:
-                raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+                hint = did_you_mean(key, known) or f" (known: {', '.join(sorted(known))})"
+                raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
+        if values.get("randomization") == "partial" and "corrupt_prob" not in values:
+            # corrupt_prob's default 0 would silently train the true labels
+            raise ConfigError(f"{source}: randomization 'partial' needs corrupt_prob (the fraction of labels "
+                              "replaced, e.g. 0.2)")
         checked = {key: _check_type(key, value, source) for key, value in values.items()}
         return _canonical(cls(**checked), source)
 
@@ -172,7 +180,8 @@ def _check_type(key: str, value: Any, source: str) -> Any:
 
 def _choice(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {value!r}")
+        raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {value!r}"
+                          + did_you_mean(value, allowed))
 
 
 def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
@@ -208,8 +217,16 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
         _at_least(source, "train_subset", cfg.train_subset, 1)
     if cfg.checkpoint_every_steps is not None:
         _at_least(source, "checkpoint_every_steps", cfg.checkpoint_every_steps, 1)
+    if cfg.snapshot_every is not None:
+        _at_least(source, "snapshot_every", cfg.snapshot_every, 1)
     if cfg.stop_at_train_acc is not None and not 0 < cfg.stop_at_train_acc <= 100:
         raise ConfigError(f"{source}: stop_at_train_acc must be in (0, 100]; got {cfg.stop_at_train_acc}")
+    if cfg.early_stop_patience is not None:
+        _at_least(source, "early_stop_patience", cfg.early_stop_patience, 1)
+    _at_least(source, "early_stop_min_epochs", cfg.early_stop_min_epochs, 0)
+    if cfg.early_stop_min_epochs and cfg.early_stop_patience is None:
+        raise ConfigError(f"{source}: early_stop_min_epochs applies only with early_stop_patience; "
+                          f"got early_stop_min_epochs {cfg.early_stop_min_epochs} without it")
     if cfg.cuda_graphs == "on" and cfg.device == "cpu":
         raise ConfigError(f"{source}: cuda_graphs 'on' needs a CUDA device; got device 'cpu'")
 
@@ -239,7 +256,8 @@ _DEFAULTS = ExperimentConfig()
 # Settings beyond the base pattern, each with its short tag, in the fixed order they are appended.
 _EXTRA_TAGS = (
     ("lr", "lr"), ("lr_decay", "decay"), ("momentum", "mom"), ("batch_size", "bs"),
-    ("epochs", "ep"), ("train_subset", "sub"), ("stop_at_train_acc", "stop"), ("seed", "seed"),
+    ("epochs", "ep"), ("train_subset", "sub"), ("stop_at_train_acc", "stop"),
+    ("early_stop_patience", "es"), ("early_stop_min_epochs", "esmin"), ("seed", "seed"),
 )
 
 

@@ -36,3 +36,11 @@ class WriteError(FastZhangError):
     """Writing a checkpoint or results file failed; the previous files are intact."""
 
     exit_code = 5
+
+
+def did_you_mean(word: str, known) -> str:
+    """' (did you mean X?)' for the closest of `known` to a misspelled `word`, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

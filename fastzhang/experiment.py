@@ -14,15 +14,16 @@ import platform
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastzhang import __version__, results
+from fastzhang import __version__, results, runlog, tracking
 from fastzhang.config import SPEED_SWITCHES, ExperimentConfig
-from fastzhang.errors import UsageError
+from fastzhang.errors import CheckpointError, UsageError
 from fastzhang.lock import ExperimentLock
 from fastzhang.log import info, warn
+from fastzhang.provenance import device_name, provenance
+from fastzhang.runlog import RunLog
 from fastzhang.stop import stop_signals
 
 
@@ -53,13 +54,13 @@ class Interrupted(Exception):
 
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     eid = cfg.experiment_id
-    if not opts.force and opts.resume_from is None:
+    # Refuse bad input before anything is written (a --resume-from file even when the run is done).
+    given = _load_resume_file(cfg, opts.resume_from) if opts.resume_from else None
+    if not opts.force:  # a completed experiment trains again, from scratch or a snapshot, only with --force
         done = _completed(opts, eid)
         if done:
             return done
 
-    # Refuse bad input before anything is written.
-    given = _load_resume_file(cfg, opts.resume_from) if opts.resume_from else None
     from fastzhang.data.sources import load_dataset
 
     arrays = load_dataset(cfg.dataset, cfg.data_dir)
@@ -68,11 +69,11 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
 
     if given is not None:
         state.check_data(given, arrays.fingerprint, arrays.source)
-    wandb = _import_wandb() if cfg.use_wandb else None
+    wandb = tracking.import_wandb() if cfg.use_wandb else None
     prepared = _prepare(cfg, arrays)  # device, train_subset, loader: refused here, before the lock file
 
     with ExperimentLock(opts.checkpoint_dir, eid):
-        if not opts.force and opts.resume_from is None:
+        if not opts.force:
             done = _completed(opts, eid, report=False)  # finished by another process while we loaded data
             if done:
                 return done
@@ -99,8 +100,20 @@ def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | Non
 
 
 def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
-    from fastzhang import checkpoint
     from fastzhang.train import state
+
+    return state.check_resumable(_read_resume_file(path), cfg, Path(path))
+
+
+def resume_config(path: Path) -> dict:
+    """The settings stored in the checkpoint `path`: what `run --resume-from PATH` alone continues."""
+    from fastzhang.train import state
+
+    return state.stored_config(_read_resume_file(path), Path(path)).to_dict()
+
+
+def _read_resume_file(path: Path) -> dict:
+    from fastzhang import checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -108,16 +121,11 @@ def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
     try:
         payload = checkpoint.load(path)
     except checkpoint.CheckpointCorrupt as e:
-        raise UsageError(f"--resume-from {path}: {e.reason}") from None
-    return state.check_resumable(payload, cfg, path)
-
-
-def _import_wandb():
-    try:
-        import wandb
-    except ImportError:
-        raise UsageError("--use_wandb needs the wandb package: pip install 'fastzhang[wandb]'") from None
-    return wandb
+        # A damaged checkpoint (e.g. a snapshot) is exit 4 like any unusable checkpoint; a
+        # file that never was one (empty, foreign, an exploit) is bad input.
+        error = CheckpointError if e.was_ours else UsageError
+        raise error(f"--resume-from {path}: {e.reason}") from None
+    return payload
 
 
 # ------------------------------------------------------------------------------------------
@@ -171,64 +179,85 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
     from fastzhang.train import engine, state
 
     data, speed, loader = prepared
-    run = _start_run(cfg, opts, data.device, speed, start)
+    log = RunLog(checkpoint.log_path(opts.checkpoint_dir, cfg.experiment_id), quiet=opts.quiet)
+    run = _start_run(cfg, opts, data.device, speed, start, log)
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
-    logger = _WandbLogger(wandb, cfg, run, quiet=opts.quiet) if wandb else None
+    logger = tracking.start(wandb, cfg, run.wandb_run_id, say=log.say, warn=log.warning) if wandb else None
+    if logger:
+        run.wandb_run_id = logger.run_id  # kept in the checkpoint so a resume continues the same W&B run
 
     def save(mid_epoch: bool) -> None:  # called only inside `with stop_signals(...) as stop` below
         payload = state.to_payload(run, cfg, arrays.fingerprint)
         with stop.holding():
             # best is written before latest: a crash between them re-runs the epoch
-            checkpoint.save(payload, latest, copy_to=best if state.is_best(run, mid_epoch) else None)
+            copies = [best] if state.is_best(run, mid_epoch) else []
+            if not mid_epoch and _snapshot_due(cfg, run):
+                copies.append(checkpoint.snapshot_path(opts.checkpoint_dir, cfg.experiment_id, run.epoch))
+            checkpoint.save(payload, latest, copy_to=copies)
 
     fallbacks: list[dict] = []
 
     def on_fallback(switch: str, reason: str) -> None:
         fallbacks.append({"switch": switch, "reason": reason})
-        warn(f"{cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}")
+        text = f"{cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}"
+        warn(text)
+        log.write(f"warning: {text}")
 
     if loader.fallback:
         on_fallback("loader", loader.fallback)
 
+    began = (run.epoch, time.monotonic())  # wall time per epoch, evaluation and checkpoints included
+
     def on_epoch(row: dict) -> None:
         if logger:
             logger.log(row)
-        if not opts.quiet:
-            info(f"{cfg.experiment_id} epoch {row['epochs']}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
-                 f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% "
-                 f"| {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s")
+        per_epoch = (time.monotonic() - began[1]) / max(row["epochs"] - began[0], 1)
+        log.say(runlog.epoch_line(cfg.experiment_id, row, cfg.epochs, per_epoch))
 
     # SIGTERM / SIGINT: finish the step, checkpoint and exit 143 / 130; a second signal insists
     with stop_signals(interrupt_on_second=True) as stop:
         hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=on_epoch,
-                             on_fallback=on_fallback, quiet=opts.quiet)
+                             # a progress bar only on a terminal: in a job's log file it is one line per step
+                             on_fallback=on_fallback, quiet=opts.quiet or not sys.stderr.isatty())
         if start is None:
             save(False)  # epoch 0: `status` sees the run, and a --force restart supersedes the old checkpoint
         finished = engine.train(cfg, run, data, loader, speed, hooks)
         if not finished:
             if logger:
                 logger.finish(exit_code=1)
+            log.write(f"{cfg.experiment_id}: stopped by {signal.Signals(stop.signum).name} after epoch {run.epoch}"
+                      + (f", step {run.step_in_epoch}" if run.step_in_epoch else "") + "; checkpoint saved")
             raise Interrupted(stop.signum, latest)
     payload = _results_payload(cfg, run, arrays, data.device)
-    payload["execution"] = _execution(data.device, speed, loader, fallbacks)
+    payload["execution"] = {**_execution(data.device, speed, loader, fallbacks),
+                            **provenance(data.device, arrays.source)}
     path = results.write(opts.results_dir, payload)
+    log.write(runlog.completed_line(cfg.experiment_id, payload["metrics"], run.epoch, path))
     if logger:
         logger.finish(exit_code=0, summary=payload["metrics"])
     return Outcome("trained", cfg.experiment_id, path, payload)
 
 
-def _start_run(cfg: ExperimentConfig, opts: RunOptions, device, speed, start: dict | None):
-    """A fresh Run, or one restored from `start`, announced on stderr."""
+def _snapshot_due(cfg: ExperimentConfig, run) -> bool:
+    """--snapshot-every N: after every Nth epoch, and after the last one however the run ends."""
+    from fastzhang.train import engine
+
+    every = cfg.snapshot_every
+    return bool(every) and run.epoch > 0 and (run.epoch % every == 0 or engine.finished(cfg, run))
+
+
+def _start_run(cfg: ExperimentConfig, opts: RunOptions, device, speed, start: dict | None, log: RunLog):
+    """A fresh Run, or one restored from `start`, announced on stderr and in the log."""
     from fastzhang.train import engine, state
 
     run = engine.build_run(cfg, device, speed)
+    what = f"{runlog.describe(cfg)}; on {device} ({_speed_text(speed)}); log {log.path}"
     if start is not None:
         state.restore(run, start)
-        if not opts.quiet:
-            info(f"{cfg.experiment_id}: resuming after epoch {run.epoch}"
-                 + (f", step {run.step_in_epoch}" if run.step_in_epoch else ""))
-    elif not opts.quiet:
-        info(f"{cfg.experiment_id}: starting on {device} ({_speed_text(speed)})")
+        log.say(f"{cfg.experiment_id}: resuming after epoch {run.epoch}"
+                + (f", step {run.step_in_epoch}" if run.step_in_epoch else "") + f": {what}")
+    else:
+        log.say(f"{cfg.experiment_id}: starting: {what}")
     return run
 
 
@@ -255,7 +284,10 @@ def _speed_text(speed) -> str:
 def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:
     import torch
 
+    from fastzhang.train.engine import end_cause
+
     m = run.metrics
+    cause = end_cause(cfg, run)
     seconds = sum(m["epoch_seconds"])
     images = sum(r * s for r, s in zip(m["images_per_second"], m["epoch_seconds"]) if r == r)
     return {
@@ -265,23 +297,25 @@ def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:
         "metrics": {
             **{k: list(v) for k, v in m.items()},
             "best_test_acc": run.best_test_acc,
+            "best_epoch": results.best_epoch(m["epochs"], m["test_acc"]),
             "final_train_acc": m["train_acc"][-1] if m["train_acc"] else None,
             "final_test_acc": m["test_acc"][-1] if m["test_acc"] else None,
             "fit_epoch": run.fit_epoch,
             "fit_step": run.fit_step,
+            "early_stop_epoch": run.epoch if cause == "early_stopping" else None,
         },
         "timestamp": time.strftime("%Y%m%d_%H%M%S"),
         "completed": True,
         "total_epochs": run.epoch,
         "target_epochs": cfg.epochs,
-        "stopped_early": run.fitted and run.epoch < cfg.epochs,
+        "stopped_early": cause in ("fit", "early_stopping"),
         "data_fingerprint": arrays.fingerprint,
         "data_fingerprint_name": arrays.fingerprint_name,
         "environment": {
             "fastzhang": __version__,
             "torch": torch.__version__,
             "python": sys.version.split()[0],
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device": device_name(device),
             "platform": platform.platform(),
             "hostname": platform.node(),
             "pid": os.getpid(),
@@ -292,25 +326,3 @@ def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:
         },
     }
 
-
-class _WandbLogger:
-    """Config and per-epoch metrics to W&B; a resumed run continues the same W&B run."""
-
-    def __init__(self, wandb, cfg: ExperimentConfig, run, quiet: bool):
-        self.wandb = wandb
-        if run.wandb_run_id is None:
-            run.wandb_run_id = uuid.uuid4().hex[:16]  # kept in the checkpoint so a resume continues it
-        self.handle = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "fastzhang"), id=run.wandb_run_id, resume="allow",
-            name=cfg.experiment_id, config={**cfg.to_dict(), "lr": cfg.effective_lr},
-            settings=wandb.Settings(silent=quiet),
-        )
-
-    def log(self, row: dict) -> None:
-        self.handle.log({k: v for k, v in row.items() if k != "epochs"}, step=row["epochs"])
-
-    def finish(self, exit_code: int, summary: dict | None = None) -> None:
-        if summary:
-            for key in ("best_test_acc", "final_train_acc", "final_test_acc", "fit_epoch", "fit_step"):
-                self.handle.summary[key] = summary[key]
-        self.handle.finish(exit_code=exit_code)

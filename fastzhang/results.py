@@ -30,12 +30,17 @@ METRIC_SERIES = (
     "epochs", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
     "epoch_seconds", "images_per_second", "steps",
 )
-METRIC_SCALARS = ("best_test_acc", "final_train_acc", "final_test_acc", "fit_epoch", "fit_step")
+# early_stop_epoch: the epoch at which early stopping ended the run, else null (fit_epoch's twin).
+METRIC_SCALARS = ("best_test_acc", "final_train_acc", "final_test_acc", "fit_epoch", "fit_step", "best_epoch",
+                  "early_stop_epoch")
+# Scalars added after schema 1 was released: checked when present, so older files stay valid.
+LATER_SCALARS = ("best_epoch", "early_stop_epoch")
 ENVIRONMENT_KEYS = ("fastzhang", "torch", "python", "device", "platform")
 THROUGHPUT_KEYS = ("mean_images_per_second", "train_seconds")
 # How the finishing session trained: device, the speed switches in use after any fallback, the
 # loader, and the fallbacks taken. Optional: files written before it existed stay valid.
 EXECUTION_KEYS = ("device", "switches", "loader", "fallbacks")
+# Newer files add fastzhang/provenance.py's fields there (device_name, threads, data_source, git_commit).
 # (field, accepted JSON types, may be null)
 TOP_LEVEL = (
     ("schema_version", int, False), ("experiment_id", str, False), ("config", dict, False),
@@ -122,10 +127,38 @@ def _metrics_problem(metrics: dict[str, Any]) -> str | None:
         return f"metrics series have different lengths ({sorted(lengths)})"
     for key in METRIC_SCALARS:
         if key not in metrics:
+            if key in LATER_SCALARS:
+                continue
             return f"missing field 'metrics.{key}'"
         if not (metrics[key] is None or _is_number(metrics[key])):
             return f"metrics.{key} should be a number or null, found {metrics[key]!r:.40}"
     return None
+
+
+def best_epoch(epochs: list, test_acc: list) -> int | None:
+    """The epoch (1-based) of the best test accuracy, ties to the later epoch (as state.is_best)."""
+    scored = [(acc, epoch) for epoch, acc in zip(epochs, test_acc) if acc is not None and acc == acc]
+    return max(scored)[1] if scored else None
+
+
+def improved_epoch(epochs: list, test_acc: list) -> int | None:
+    """The epoch (1-based) at which test accuracy last rose above all before it: the first to reach the best.
+
+    Early stopping counts the best accuracy's age from here (an equal accuracy later is no improvement).
+    """
+    scored = [(acc, -epoch) for epoch, acc in zip(epochs, test_acc) if acc is not None and acc == acc]
+    return -max(scored)[1] if scored else None
+
+
+def how_it_ended(payload: dict[str, Any]) -> str:
+    """Why a completed run's training ended, in words (the completion block)."""
+    m, cfg = payload["metrics"], payload["config"]
+    if m.get("early_stop_epoch") is not None:
+        return (f"early stopping after epoch {m['early_stop_epoch']}: test accuracy last improved at epoch "
+                f"{improved_epoch(m['epochs'], m['test_acc'])} (patience {cfg.get('early_stop_patience')})")
+    if payload["stopped_early"] and m.get("fit_epoch") is not None:
+        return f"train accuracy reached {cfg.get('stop_at_train_acc')}% at epoch {m['fit_epoch']}"
+    return f"{payload['total_epochs']} of {payload['target_epochs']} epochs trained"
 
 
 def _keys_problem(payload: dict[str, Any], groups: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:

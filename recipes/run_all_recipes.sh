@@ -4,7 +4,7 @@
 #   bash recipes/run_all_recipes.sh --category NAME|all [--jobs N] [--force] [--use_wandb]
 #        [--recipes-dir DIR] [other flags of fastzhang batch: --results-dir DIR, --quiet, ...]
 #
-# NAME is a folder of recipes/ (table1, figure1a, figure1b, baseline, random_labels, demo); `all` is
+# NAME is a folder of recipes/ (table1, figure1a, figure1b, baseline, random_labels, cifar100, demo); `all` is
 # every folder. --jobs N runs up to N recipes at once (`fastzhang batch --max-parallel N`). The rest is
 # `fastzhang batch`'s (see its --help): same experiment (ID) runs once, completed ones are skipped,
 # exit status 0 nothing failed, 1 some run failed, 2 bad input, 130 / 143 stopped by SIGINT / SIGTERM.

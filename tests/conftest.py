@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny CIFAR-10 folders in every official layout, and an isolated cache.
+"""Shared fixtures: tiny CIFAR-10 and CIFAR-100 folders in every official layout, and an isolated cache.
 
 `make_cifar_dir(tmp_path, layout, per_batch=20)` writes a data folder that the
 loader reads exactly like the real one (python pickles in the official Python 2
 style, the binary records, or the gzip tarball) and returns the arrays it holds,
 so a test compares what was loaded with what was written. Load it with
-`sources.load_cifar10(fx.root, per_batch=fx.per_batch)`.
+`sources.load_cifar10(fx.root, per_batch=fx.per_batch)`. `dataset="cifar100"`
+writes CIFAR-100's files instead (`train`/`test` with fine and coarse labels,
+2-byte binary labels); load it with `sources.load_files(fx.root, "cifar100", ...)`.
 
 The fault-injection tests (test_faults_*.py, test_bad_input.py) share the helpers
 at the end: `Fz` runs a real `fastzhang` process, `reference_run` trains an
@@ -14,6 +16,8 @@ checkpoints bitwise.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import math
 import os
@@ -23,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +40,23 @@ LAYOUTS = ("python", "binary", "tarball")
 PY_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 BIN_FILES = tuple(f"{n}.bin" for n in PY_FILES)
 CLASSES = (b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One data set's official files, as these fixtures write them (independently of fastzhang's CifarSpec)."""
+
+    python_dir: str
+    binary_dir: str
+    tarball: str
+    python_files: tuple[str, ...]  # the training files, then the test file
+    num_classes: int
+
+
+FORMATS = {
+    "cifar10": Format("cifar-10-batches-py", "cifar-10-batches-bin", "cifar-10-python.tar.gz", PY_FILES, 10),
+    "cifar100": Format("cifar-100-python", "cifar-100-binary", "cifar-100-python.tar.gz", ("train", "test"), 100),
+}
 _USER_CACHE = {k: os.environ.get(k) for k in ("FASTZHANG_CACHE", "XDG_CACHE_HOME", "HOME")}
 
 
@@ -53,14 +75,14 @@ class CifarFixture:
         return self.train_images, self.train_labels, self.test_images, self.test_labels
 
 
-def cifar_arrays(per_batch: int = 20, seed: int = 0):
+def cifar_arrays(per_batch: int = 20, seed: int = 0, num_classes: int = 10):
     """(train_x, train_y, test_x, test_y) shaped like CIFAR-10 with 5 * per_batch / per_batch images."""
     g = np.random.default_rng(seed)
     n_train = 5 * per_batch
     train_x = g.integers(0, 256, size=(n_train, 3, 32, 32), dtype=np.uint8)
     test_x = g.integers(0, 256, size=(per_batch, 3, 32, 32), dtype=np.uint8)
-    train_y = g.permutation(np.arange(n_train, dtype=np.int64) % 10)
-    test_y = g.permutation(np.arange(per_batch, dtype=np.int64) % 10)
+    train_y = g.permutation(np.arange(n_train, dtype=np.int64) % num_classes)
+    test_y = g.permutation(np.arange(per_batch, dtype=np.int64) % num_classes)
     return train_x, train_y, test_x, test_y
 
 
@@ -110,10 +132,15 @@ def py2_pickle(obj) -> bytes:
     return buf.getvalue()
 
 
-def batch_dict(images: np.ndarray, labels: np.ndarray, name: str, style: str = "py2") -> dict:
+def batch_dict(images: np.ndarray, labels: np.ndarray, name: str, style: str = "py2", dataset: str = "cifar10") -> dict:
+    """A batch file's dict; CIFAR-100's holds fine labels and the coarse ones (here fine // 5)."""
     data = np.ascontiguousarray(images.reshape(len(images), -1))
     fnames = [f"img_{i:05d}.png" for i in range(len(labels))]
-    entries = {"batch_label": name, "labels": [int(v) for v in labels], "data": data, "filenames": fnames}
+    if dataset == "cifar100":
+        named = {"fine_labels": [int(v) for v in labels], "coarse_labels": [int(v) // 5 for v in labels]}
+    else:
+        named = {"labels": [int(v) for v in labels]}
+    entries = {"batch_label": name, **named, "data": data, "filenames": fnames}
     if style == "py2":  # Python 2 str is bytes: keys, batch label and file names
         return {k.encode(): (v.encode() if isinstance(v, str) else [f.encode() for f in v] if k == "filenames" else v)
                 for k, v in entries.items()}
@@ -129,58 +156,94 @@ def dump_batch(obj, style: str = "py2") -> bytes:
 # Writers
 
 
-def _split(arrays, per_batch):
+def _split(arrays, per_batch, dataset="cifar10"):
+    """[(images, labels)] per file: the training files share 5 * per_batch images, the test file holds per_batch."""
     train_x, train_y, test_x, test_y = arrays
-    parts = [(train_x[i * per_batch:(i + 1) * per_batch], train_y[i * per_batch:(i + 1) * per_batch]) for i in range(5)]
+    files = len(FORMATS[dataset].python_files) - 1
+    size = 5 * per_batch // files
+    parts = [(train_x[i * size:(i + 1) * size], train_y[i * size:(i + 1) * size]) for i in range(files)]
     return parts + [(test_x, test_y)]
 
 
-def write_python_dir(folder: Path, arrays, per_batch: int, style: str = "py2") -> Path:
+def _meta(dataset: str, per_batch: int) -> tuple[str, dict]:
+    if dataset == "cifar100":
+        return "meta", {b"fine_label_names": [f"fine_{k}".encode() for k in range(100)],
+                        b"coarse_label_names": [f"coarse_{k}".encode() for k in range(20)]}
+    return "batches.meta", {b"label_names": list(CLASSES), b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+
+
+def write_python_dir(folder: Path, arrays, per_batch: int, style: str = "py2", dataset: str = "cifar10") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in zip(PY_FILES, _split(arrays, per_batch)):
-        (folder / name).write_bytes(dump_batch(batch_dict(x, y, name, style), style))
-    meta = {b"label_names": list(CLASSES), b"num_cases_per_batch": per_batch, b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(py2_pickle(meta))
+    for name, (x, y) in zip(FORMATS[dataset].python_files, _split(arrays, per_batch, dataset)):
+        (folder / name).write_bytes(dump_batch(batch_dict(x, y, name, style, dataset), style))
+    meta_name, meta = _meta(dataset, per_batch)
+    (folder / meta_name).write_bytes(py2_pickle(meta))
     return folder
 
 
-def write_binary_dir(folder: Path, arrays, per_batch: int) -> Path:
+def write_binary_dir(folder: Path, arrays, per_batch: int, dataset: str = "cifar10") -> Path:
+    """Records of label byte(s) + 3072 pixels; CIFAR-100's lead with the coarse label, then the fine one."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in zip(BIN_FILES, _split(arrays, per_batch)):
-        records = np.concatenate([y.astype(np.uint8)[:, None], x.reshape(len(x), -1)], axis=1)
-        (folder / name).write_bytes(records.tobytes())
+    for name, (x, y) in zip(FORMATS[dataset].python_files, _split(arrays, per_batch, dataset)):
+        heads = [y // 5, y] if dataset == "cifar100" else [y]
+        records = np.concatenate([*(h.astype(np.uint8)[:, None] for h in heads), x.reshape(len(x), -1)], axis=1)
+        (folder / f"{name}.bin").write_bytes(records.tobytes())
     (folder / "batches.meta.txt").write_text("\n".join(c.decode() for c in CLASSES) + "\n")
     return folder
 
 
-def write_tarball(path: Path, arrays, per_batch: int, style: str = "py2", skip: tuple[str, ...] = ()) -> Path:
-    """The official tarball's shape: cifar-10-batches-py/<files>; `skip` leaves files out."""
+def write_tarball(path: Path, arrays, per_batch: int, style: str = "py2", skip: tuple[str, ...] = (),
+                  dataset: str = "cifar10") -> Path:
+    """The official tarball's shape: cifar-10-batches-py/<files> (or cifar-100-python/); `skip` leaves files out."""
+    fmt = FORMATS[dataset]
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        for name, (x, y) in [*zip(PY_FILES, _split(arrays, per_batch))]:
+        for name, (x, y) in [*zip(fmt.python_files, _split(arrays, per_batch, dataset))]:
             if name in skip:
                 continue
-            blob = dump_batch(batch_dict(x, y, name, style), style)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            blob = dump_batch(batch_dict(x, y, name, style, dataset), style)
+            info = tarfile.TarInfo(f"{fmt.python_dir}/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     return path
 
 
 def make_cifar_dir(tmp_path: Path, layout: str = "python", *, per_batch: int = 20, seed: int = 0,
-                   style: str = "py2", name: str | None = None) -> CifarFixture:
-    """A data folder `tmp_path/<name or data-layout>` holding a tiny CIFAR-10 in `layout`."""
+                   style: str = "py2", name: str | None = None, dataset: str = "cifar10") -> CifarFixture:
+    """A data folder `tmp_path/<name or data-layout>` holding a tiny CIFAR-10 (or CIFAR-100) in `layout`."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
-    arrays = cifar_arrays(per_batch, seed)
+    fmt = FORMATS[dataset]
+    arrays = cifar_arrays(per_batch, seed, fmt.num_classes)
     root = tmp_path / (name or f"data-{layout}")
     if layout == "python":
-        path = write_python_dir(root / "cifar-10-batches-py", arrays, per_batch, style)
+        path = write_python_dir(root / fmt.python_dir, arrays, per_batch, style, dataset)
     elif layout == "binary":
-        path = write_binary_dir(root / "cifar-10-batches-bin", arrays, per_batch)
+        path = write_binary_dir(root / fmt.binary_dir, arrays, per_batch, dataset)
     else:
-        path = write_tarball(root / "cifar-10-python.tar.gz", arrays, per_batch, style)
+        path = write_tarball(root / fmt.tarball, arrays, per_batch, style, dataset=dataset)
     return CifarFixture(root, path, layout, per_batch, *arrays)
+
+
+@contextlib.contextmanager
+def served(folder: Path):
+    """Serve `folder` over HTTP on 127.0.0.1 (never the network); yields the base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(folder), **k)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -205,6 +268,12 @@ def make_cifar(tmp_path):
 def cifar_any(request, tmp_path) -> CifarFixture:
     """The same tiny data set once per layout."""
     return make_cifar_dir(tmp_path, request.param)
+
+
+@pytest.fixture(params=LAYOUTS)
+def cifar100_any(request, tmp_path) -> CifarFixture:
+    """A tiny CIFAR-100 once per layout."""
+    return make_cifar_dir(tmp_path, request.param, dataset="cifar100")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 import torch
-from conftest import Fz, files_under, fz_env, make_cifar_dir, run_cli, stderr_lines
+from conftest import Fz, cifar_arrays, files_under, fz_env, make_cifar_dir, run_cli, stderr_lines, write_binary_dir
 
 from fastzhang import checkpoint
 from fastzhang.config import ExperimentConfig
@@ -56,6 +56,15 @@ def checkpoint_without_weights(cwd: Path) -> None:
     """Intact and of this very experiment, but not something a run wrote."""
     cfg = ExperimentConfig.from_mapping({"model": "mlp1", "dataset": "synthetic", "epochs": 1, "device": "cpu"})
     checkpoint.save({"config": cfg.to_dict(), "epoch": 1}, cwd / "bare.pth")
+
+
+def cifar100_files(layout: str) -> Callable[[Path], None]:
+    return lambda cwd: make_cifar_dir(cwd, layout, name="data", dataset="cifar100")
+
+
+def cifar10_files_with_100_labels(cwd: Path) -> None:
+    """CIFAR-10's binary layout holding CIFAR-100's labels: the labels exceed 9."""
+    write_binary_dir(cwd / "data" / "cifar-10-batches-bin", cifar_arrays(20, num_classes=100), 20)
 
 
 def zero_length_file(cwd: Path) -> None:
@@ -111,6 +120,13 @@ CASES = [
     Case("amp-yes", ["run", *TINY, "--amp", "yes"], "amp must be one of auto, on, off"),
     Case("cuda-graphs-on-cpu", ["run", *TINY, "--cuda-graphs", "on"], "cuda_graphs 'on' needs a CUDA device"),
     Case("unknown-loader", ["run", *TINY, "--loader", "ray"], "loader must be one of auto, torch, triton, dali"),
+    Case("early-stop-patience-0", ["run", *TINY, "--early-stop-patience", "0"],
+         "early_stop_patience must be >= 1; got 0"),
+    Case("negative-early-stop-min-epochs",
+         ["run", *TINY, "--early-stop-patience", "3", "--early-stop-min-epochs", "-1"],
+         "early_stop_min_epochs must be >= 0; got -1"),
+    Case("early-stop-min-epochs-alone", ["run", *TINY, "--early-stop-min-epochs", "5"],
+         "early_stop_min_epochs applies only with early_stop_patience"),
     # flags
     Case("not-a-number", ["run", *TINY, "--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
     Case("unknown-flag", ["run", *TINY, "--learning-rate", "0.1"], "unrecognized arguments: --learning-rate 0.1"),
@@ -125,12 +141,24 @@ CASES = [
          "data_batch_3.bin: truncated: 60460 bytes, expected 20 records", truncated_batch, tiny_cifar=True),
     Case("wrong-size-batches", ["run", *TINY, "--dataset", "cifar10", "--data-dir", "data"],
          "data_batch_1: 'data' must be a uint8 array of shape (10000, 3072)", small_batches),
+    Case("cifar100-folder-as-cifar10", ["run", *TINY, "--dataset", "cifar10", "--data-dir", "data/cifar-100-python"],
+         "cifar-100-python: this is CIFAR-100, not CIFAR-10; use dataset cifar100", cifar100_files("python"),
+         tiny_cifar=True),
+    Case("cifar100-tarball-as-cifar10",
+         ["run", *TINY, "--dataset", "cifar10", "--data-dir", "data/cifar-100-python.tar.gz"],
+         "cifar-100-python.tar.gz: this is CIFAR-100, not CIFAR-10", cifar100_files("tarball"), tiny_cifar=True),
+    Case("cifar100-labels-as-cifar10", ["run", *TINY, "--dataset", "cifar10", "--data-dir", "data"],
+         "data_batch_1.bin: labels must be in 0..9; found", cifar10_files_with_100_labels, tiny_cifar=True),
+    Case("cifar10-folder-as-cifar100",
+         ["run", *TINY, "--dataset", "cifar100", "--data-dir", "data/cifar-10-batches-bin"],
+         "cifar-10-batches-bin: this is CIFAR-10, not CIFAR-100; use dataset cifar10",
+         lambda cwd: make_cifar_dir(cwd, "binary", name="data"), tiny_cifar=True),
     # checkpoints given with --resume-from
     Case("resume-from-missing", ["run", *TINY, "--resume-from", "nope.pth"],
          "--resume-from nope.pth: no such checkpoint file"),
     Case("resume-from-empty", ["run", *TINY, "--resume-from", "empty.pth"],
          "--resume-from empty.pth: the file is empty (0 bytes)", zero_length_file),
-    Case("resume-from-other-config", ["run", *TINY, "--resume-from", "other.pth"],
+    Case("resume-from-other-config", ["run", *TINY, "--seed", "0", "--resume-from", "other.pth"],
          "belongs to a different configuration (seed: checkpoint 7 vs requested 0)", checkpoint_of_another_config),
     Case("resume-from-incomplete", ["run", *TINY, "--resume-from", "bare.pth"],
          "bare.pth lacks step_in_epoch, global_step, model_state_dict", checkpoint_without_weights),

@@ -40,7 +40,8 @@ def test_randomization_first_then_subset(arrays):
     data = build(arrays, randomization="random_labels", corrupt_prob=1.0, seed=3, train_subset=100)
     keep = rng(3, "subset").permutation(1024)[:100]
     _, labels, _, test_labels = randomize(arrays.train_images, arrays.train_labels, arrays.test_images,
-                                          arrays.test_labels, kind="random_labels", corrupt_prob=1.0, seed=3)
+                                          arrays.test_labels, kind="random_labels", corrupt_prob=1.0, seed=3,
+                                          num_classes=10)
     assert np.array_equal(data.train_y.numpy(), labels[keep])
     assert np.array_equal(data.train_x.numpy(), arrays.train_images[keep])
     assert np.array_equal(data.test_y.numpy(), arrays.test_labels)  # test labels stay true

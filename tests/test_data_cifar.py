@@ -130,7 +130,7 @@ def test_load_dataset_requires_full_size_batches(cifar_python):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(UsageError, match="cifar10 or synthetic"):
+    with pytest.raises(UsageError, match="dataset must be one of cifar10, cifar100, synthetic; got .mnist."):
         load_dataset("mnist", None)
 
 
@@ -160,7 +160,7 @@ def test_binary_batch_of_wrong_size_is_named(cifar_binary, size):
 def test_truncated_pickle_batch_is_named(cifar_python):
     path = cifar_python.path / "data_batch_5"
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(DataError, match=f"{path}: not a readable CIFAR-10 pickle"):
+    with pytest.raises(DataError, match=f"{path}: not a readable CIFAR pickle"):
         load_cifar10(cifar_python.root, per_batch=20)
 
 

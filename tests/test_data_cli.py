@@ -70,7 +70,7 @@ def test_real_cifar10_info(shared_cifar, user_env):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "train images: 50,000" in out and "test images:  10,000" in out
-    for k, name in enumerate(cifar.CLASSES):
+    for k, name in enumerate(cifar.CIFAR10.classes):
         assert re.search(rf"^{k} {name}\s+5,000\s+1,000$", out, re.M), name
     assert "(CIFAR-10 offline copy (shuffled order))" in out
     assert "(CIFAR-10 (official images and labels); order-independent)" in out

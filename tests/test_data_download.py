@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import shutil
 import socket
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cifar_arrays, make_cifar_dir, write_tarball
+from conftest import cifar_arrays, make_cifar_dir, served, write_tarball
 
 from fastzhang.data import cifar, download
 from fastzhang.data.sources import load_cifar10, load_dataset
@@ -44,7 +42,7 @@ def test_extraction_is_cached_by_sha256(cifar_tarball, isolated_cache, monkeypat
     [folder] = _extractions(isolated_cache)
     assert folder.name == f"cifar-10-batches-py-{digest[:32]}"
     assert first.batches_dir == str(folder) and first.source == str(cifar_tarball.path)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*cifar.BATCH_FILES["python"]])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar.CIFAR10.files("python"))
     before = _snapshot(folder)
 
     def no_reextract(*a, **k):
@@ -142,25 +140,11 @@ def test_unwritable_cache_says_how_to_fix(cifar_tarball, tmp_path, monkeypatch):
 @pytest.fixture
 def served_tarball(tmp_path, monkeypatch):
     """Serve a tiny tarball over HTTP and point the download constants at it."""
-    site = tmp_path / "site"
-    fx = make_cifar_dir(site, "tarball", name="www")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(fx.root), **k)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
-    monkeypatch.setattr(download, "CIFAR10_URL", url)
-    monkeypatch.setattr(download, "CIFAR10_MD5", hashlib.md5(fx.path.read_bytes()).hexdigest())
-    yield fx
-    server.shutdown()
-    server.server_close()
+    fx = make_cifar_dir(tmp_path / "site", "tarball", name="www")
+    with served(fx.root) as base:
+        monkeypatch.setattr(download, "CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
+        monkeypatch.setattr(download, "CIFAR10_MD5", hashlib.md5(fx.path.read_bytes()).hexdigest())
+        yield fx
 
 
 def test_download_then_load(served_tarball, tmp_path, monkeypatch, capsys):
@@ -218,7 +202,7 @@ def test_unwritable_data_dir_cannot_download(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(DataError, match="cannot download into it"):
-        download.download_cifar10(blocker / "data")
+        download.fetch_tarball(blocker / "data", cifar.CIFAR10)
 
 
 def test_named_missing_folder_is_refused_without_network(tmp_path, monkeypatch):
@@ -258,5 +242,5 @@ def test_connection_dropped_mid_download(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "urlopen", lambda *a, **k: Dropping())
     root = tmp_path / "data"
     with pytest.raises(DataError, match="cannot download CIFAR-10 .*Connection reset"):
-        download.download_cifar10(root)
+        download.fetch_tarball(root, cifar.CIFAR10)
     assert list(root.iterdir()) == []

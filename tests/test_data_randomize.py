@@ -43,7 +43,7 @@ def test_seed_streams_are_named_and_independent():
 
 def test_none_returns_the_data_untouched():
     data = _dataset()
-    out = randomize(*data, kind="none", corrupt_prob=0.0, seed=0)
+    out = randomize(*data, kind="none", corrupt_prob=0.0, seed=0, num_classes=10)
     assert all(a is b for a, b in zip(out, data))
 
 
@@ -53,7 +53,8 @@ def test_partial_corrupts_about_p_of_train_labels(p):
     labels = np.random.default_rng(1).integers(0, 10, n).astype(np.int64)
     images = np.zeros((n, 3, 32, 32), np.uint8)
     test_x, test_y = images[:10], labels[:10].copy()
-    out_x, out_y, out_tx, out_ty = randomize(images, labels, test_x, test_y, kind="partial", corrupt_prob=p, seed=7)
+    out_x, out_y, out_tx, out_ty = randomize(images, labels, test_x, test_y, kind="partial", corrupt_prob=p, seed=7,
+                                             num_classes=10)
     changed = (out_y != labels).mean()
     sd = np.sqrt(0.9 * p * (1 - 0.9 * p) / n)
     assert abs(changed - 0.9 * p) < 5 * sd, (changed, 0.9 * p)
@@ -66,7 +67,8 @@ def test_partial_corrupts_about_p_of_train_labels(p):
 
 def test_partial_draws_follow_the_labels_stream():
     labels = np.arange(1000, dtype=np.int64) % 10
-    out = randomize(labels[:, None, None, None], labels, None, None, kind="partial", corrupt_prob=0.3, seed=5)[1]
+    out = randomize(labels[:, None, None, None], labels, None, None, kind="partial", corrupt_prob=0.3, seed=5,
+                    num_classes=10)[1]
     g = rng(5, "labels")
     replace = g.random(1000) < 0.3
     drawn = g.integers(0, 10, 1000)
@@ -75,20 +77,21 @@ def test_partial_draws_follow_the_labels_stream():
 
 def test_random_labels_is_partial_with_p_one_and_levels_are_nested():
     x, y, tx, ty = _dataset(n_train=5000)
-    rand = randomize(x, y, tx, ty, kind="random_labels", corrupt_prob=1.0, seed=2)[1]
-    assert np.array_equal(rand, randomize(x, y, tx, ty, kind="partial", corrupt_prob=1.0, seed=2)[1])
-    assert np.array_equal(rand, randomize(x, y, tx, ty, kind="random_labels", corrupt_prob=0.0, seed=2)[1])
+    rand = randomize(x, y, tx, ty, kind="random_labels", corrupt_prob=1.0, seed=2, num_classes=10)[1]
+    assert np.array_equal(rand, randomize(x, y, tx, ty, kind="partial", corrupt_prob=1.0, seed=2, num_classes=10)[1])
+    assert np.array_equal(rand, randomize(x, y, tx, ty, kind="random_labels", corrupt_prob=0.0, seed=2,
+                                          num_classes=10)[1])
     assert abs((rand != y).mean() - 0.9) < 0.03
-    assert np.array_equal(randomize(x, y, tx, ty, kind="partial", corrupt_prob=0.0, seed=2)[1], y)
-    low = randomize(x, y, tx, ty, kind="partial", corrupt_prob=0.3, seed=2)[1]
-    high = randomize(x, y, tx, ty, kind="partial", corrupt_prob=0.6, seed=2)[1]
+    assert np.array_equal(randomize(x, y, tx, ty, kind="partial", corrupt_prob=0.0, seed=2, num_classes=10)[1], y)
+    low = randomize(x, y, tx, ty, kind="partial", corrupt_prob=0.3, seed=2, num_classes=10)[1]
+    high = randomize(x, y, tx, ty, kind="partial", corrupt_prob=0.6, seed=2, num_classes=10)[1]
     assert np.array_equal(high[low != y], rand[low != y])  # corrupted at 0.3 -> corrupted the same at 0.6
 
 
 def test_shuffled_pixels_use_one_permutation_for_train_and_test():
     x, y, tx, ty = _dataset()
     x[0], tx[0] = _probe(1)[0], _probe(1)[0]
-    ox, oy, otx, oty = randomize(x, y, tx, ty, kind="shuffled_pixels", corrupt_prob=0.0, seed=4)
+    ox, oy, otx, oty = randomize(x, y, tx, ty, kind="shuffled_pixels", corrupt_prob=0.0, seed=4, num_classes=10)
     perm = _decode(ox[:1])[0]
     assert sorted(perm) == list(range(1024)) and not np.array_equal(perm, np.arange(1024))
     assert np.array_equal(_decode(otx[:1])[0], perm)
@@ -100,7 +103,7 @@ def test_shuffled_pixels_use_one_permutation_for_train_and_test():
 def test_random_pixels_permute_each_image_independently():
     x, y, tx, ty = _dataset(n_train=300, n_test=60)
     x[:200], tx[:50] = _probe(200), _probe(50)
-    ox, oy, otx, oty = randomize(x, y, tx, ty, kind="random_pixels", corrupt_prob=0.0, seed=4)
+    ox, oy, otx, oty = randomize(x, y, tx, ty, kind="random_pixels", corrupt_prob=0.0, seed=4, num_classes=10)
     perms = np.concatenate([_decode(ox[:200]), _decode(otx[:50])])
     assert np.array_equal(np.sort(perms, axis=1), np.broadcast_to(np.arange(1024), perms.shape))
     assert len({p.tobytes() for p in perms}) == len(perms)  # every image its own permutation
@@ -122,7 +125,7 @@ def test_gaussian_matches_per_channel_mean_and_variance():
     x = np.clip(np.rint(draws), 0, 255).astype(np.uint8)
     tx = x[:100].copy()
     y, ty = np.zeros(600, np.int64), np.zeros(100, np.int64)
-    ox, oy, otx, oty = randomize(x, y, tx, ty, kind="gaussian", corrupt_prob=0.0, seed=1)
+    ox, oy, otx, oty = randomize(x, y, tx, ty, kind="gaussian", corrupt_prob=0.0, seed=1, num_classes=10)
     want_mean, want_std = channel_stats(x)
     for out in (ox, otx):
         assert out.dtype == np.uint8 and out.shape == (len(out), 3, 32, 32)
@@ -149,9 +152,9 @@ def test_channel_stats_matches_numpy():
 def test_same_seed_same_bytes_other_seed_other_bytes(kind, p):
     data = _dataset(n_train=200, n_test=50)
     copies = [a.copy() for a in data]
-    one = randomize(*data, kind=kind, corrupt_prob=p, seed=11)
-    two = randomize(*data, kind=kind, corrupt_prob=p, seed=11)
-    other = randomize(*data, kind=kind, corrupt_prob=p, seed=12)
+    one = randomize(*data, kind=kind, corrupt_prob=p, seed=11, num_classes=10)
+    two = randomize(*data, kind=kind, corrupt_prob=p, seed=11, num_classes=10)
+    other = randomize(*data, kind=kind, corrupt_prob=p, seed=12, num_classes=10)
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(one, two))
     assert any(not np.array_equal(a, b) for a, b in zip(one, other))
     assert all(np.array_equal(a, b) for a, b in zip(data, copies))  # inputs untouched
@@ -162,9 +165,9 @@ def test_chunking_does_not_change_random_pixels(monkeypatch):
     from fastzhang.data import randomize as module
 
     data = _dataset(n_train=70, n_test=10)
-    whole = randomize(*data, kind="random_pixels", corrupt_prob=0.0, seed=3)
+    whole = randomize(*data, kind="random_pixels", corrupt_prob=0.0, seed=3, num_classes=10)
     monkeypatch.setattr(module, "CHUNK", 16)
-    chunked = randomize(*data, kind="random_pixels", corrupt_prob=0.0, seed=3)
+    chunked = randomize(*data, kind="random_pixels", corrupt_prob=0.0, seed=3, num_classes=10)
     assert all(np.array_equal(a, b) for a, b in zip(whole, chunked))
 
 
@@ -174,4 +177,4 @@ def test_chunking_does_not_change_random_pixels(monkeypatch):
 ])
 def test_bad_arguments_are_usage_errors(kind, p, match):
     with pytest.raises(UsageError, match=match):
-        randomize(*_dataset(10, 10), kind=kind, corrupt_prob=p, seed=0)
+        randomize(*_dataset(10, 10), kind=kind, corrupt_prob=p, seed=0, num_classes=10)

@@ -105,7 +105,7 @@ def test_truncated_pickle_names_the_file(tmp_path, cut):
     blob = py2_pickle(batch_dict(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, np.int64), "test_batch"))
     path = tmp_path / "test_batch"
     path.write_bytes(blob[:cut] if cut >= 0 else blob[: len(blob) // 2])
-    with pytest.raises(DataError, match=f"{path}: not a readable CIFAR-10 pickle"):
+    with pytest.raises(DataError, match=f"{path}: not a readable CIFAR pickle"):
         safe_pickle.load(path)
 
 

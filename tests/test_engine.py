@@ -250,5 +250,5 @@ def test_cli_prints_completion_block(tmp_path):
     name = next((tmp_path / "results").glob("*.json")).name
     assert "⚠️  EXPERIMENT ALREADY COMPLETED" in out
     assert f"Results file: ./results/{name}" in out
-    assert "3. Delete the checkpoint: ./checkpoints/mlp1_synthetic_baseline_ep1_checkpoint.pth" in out
+    assert "3. Delete its checkpoints and results: fastzhang clean mlp1_synthetic_baseline_ep1" in out
     assert re.search(r"Best test accuracy: \d+\.\d\d%", out) and "Total epochs: 1" in out

@@ -40,4 +40,4 @@ def test_two_processes_on_one_experiment_exactly_one_trains(tmp_path, reference_
     assert_same_training(checkpoint.load(checkpoint.latest_path(tmp_path / "checkpoints", EID)), ref_state)
     assert_same_results(entry.payload, ref_results)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(
-        [f"{EID}.lock", f"{EID}_best.pth", f"{EID}_checkpoint.pth", f"{EID}_checkpoint.prev.pth"])
+        [f"{EID}.lock", f"{EID}.log", f"{EID}_best.pth", f"{EID}_checkpoint.pth", f"{EID}_checkpoint.prev.pth"])

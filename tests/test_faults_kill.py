@@ -35,7 +35,7 @@ EVERY = 4  # --checkpoint-every-steps
 # Each write sleeps this long, which also caps a life at EVERY / SLOW_WRITE steps per second
 # however fast the machine.
 SLOW_WRITE = "0.05"
-STARTED = r"fastzhang: \S+: (starting on|resuming after epoch (\d+)(?:, step (\d+))?)"
+STARTED = r"fastzhang: \S+: (starting|resuming after epoch (\d+)(?:, step (\d+))?)"
 ALARMS = ("Traceback", "damaged", "corrupt", "error", "Error")
 
 

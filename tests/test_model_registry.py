@@ -60,7 +60,8 @@ def test_channels_last_default_reads_convolutional(toy, monkeypatch):
 def test_run_help_lists_the_registered_model(toy, capsys):
     assert run_cli(["run", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
-    assert "--model MODEL inception | inception_no_bn | alexnet | mlp1 | mlp3 | toy" in out
+    assert "--model {inception,inception_no_bn,alexnet,mlp1,mlp3,toy} inception | inception_no_bn | alexnet | " \
+           "mlp1 | mlp3 | toy" in out
     assert "0.1 for inception, inception_no_bn; 0.01 for alexnet, mlp1, mlp3; 0.05 for toy" in out
 
 

@@ -136,6 +136,18 @@ def test_cli_models_table(capsys):
     assert "LRN" in out and "not counted" in out
 
 
+def test_cli_models_for_cifar100_counts_100_outputs(capsys):
+    assert main(["models", "--dataset", "cifar100"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split() and line.split()[0] in TABLE1}
+    # 90 more classifier rows than Table 1's 10-class models, each as wide as the layer's input plus a bias
+    fan_in = {"inception": _inception_convs()[1], "inception_no_bn": _inception_convs()[1], "alexnet": 192,
+              "mlp1": 512, "mlp3": 512}
+    for name, count in TABLE1.items():
+        assert rows[name][1:4] == [f"{count + 90 * (fan_in[name] + 1):,}", "—", "—"]
+    assert out.startswith("cifar100: 100 classes\n")
+
+
 # ---------------------------------------------------------------- forward, backward, determinism
 
 

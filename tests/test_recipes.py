@@ -8,11 +8,13 @@ import pytest
 import yaml
 
 from fastzhang.config import ExperimentConfig
+from fastzhang.report.fit import FIT_THRESHOLD
 from fastzhang.report.paper import CORRUPTION_LEVELS, FIGURE1A_CURVES, FIGURE1B_MODELS, TABLE1
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = sorted(RECIPES.glob("*/*.yaml"))
-COUNTS = {"table1": 19, "figure1a": 5, "figure1b": 18, "baseline": 1, "random_labels": 1, "demo": 2}
+COUNTS = {"table1": 19, "figure1a": 5, "figure1b": 18, "baseline": 1, "random_labels": 1, "demo": 2,
+          "cifar100": 6}
 # Settings a recipe states even at their default value, because they define its row.
 DEFINING = {"model", "randomization", "corrupt_prob", "random_crop", "weight_decay", "stop_at_train_acc"}
 
@@ -34,7 +36,8 @@ def test_recipe_loads_and_says_what_it_reproduces(path):
     defaults = ExperimentConfig()
     for key, value in values.items():
         assert key in DEFINING or value != getattr(defaults, key), f"{key}: restates a default"
-    assert cfg.dataset == "cifar10" and cfg.device == "auto"  # execution is the runner's choice
+    assert cfg.dataset == ("cifar100" if path.parent.name == "cifar100" else "cifar10")
+    assert cfg.device == "auto"  # execution is the runner's choice
 
 
 def test_categories_hold_the_listed_experiments():
@@ -43,7 +46,7 @@ def test_categories_hold_the_listed_experiments():
     for name in COUNTS:
         ids = [c.experiment_id for c in category(name)]
         assert len(set(ids)) == len(ids), f"{name}: two recipes define the same experiment"
-    assert len({c.experiment_id for name in COUNTS for c in category(name)}) == 42
+    assert len({c.experiment_id for name in COUNTS for c in category(name)}) == 48
 
 
 def test_table1_has_every_row_of_the_paper():
@@ -70,12 +73,14 @@ def test_figure1b_is_three_models_at_six_corruption_levels():
     for c in category("figure1b"):
         p = {"none": 0.0, "random_labels": 1.0}.get(c.randomization, c.corrupt_prob)
         points[(c.model, p)] = c
-        assert c.stop_at_train_acc == 100.0 and not c.random_crop and c.weight_decay == 0
+        # They stop where the report counts a fit by default (99%: MLP 1x512 never reaches 100%).
+        assert c.stop_at_train_acc == FIT_THRESHOLD == 99.0 and not c.random_crop and c.weight_decay == 0
         assert c.epochs == 100 and c.lr is None
     assert set(points) == {(m, p) for m in FIGURE1B_MODELS for p in CORRUPTION_LEVELS}
     assert points[("mlp1", 0.0)].randomization == "none"  # written partial p=0, canonical spelling
     assert points[("alexnet", 1.0)].randomization == "random_labels"
-    assert points[("inception", 0.4)].experiment_id == "inception_cifar10_partial_corrupt_corrupt40_stop100"
+    assert points[("inception", 0.4)].experiment_id == "inception_cifar10_partial_corrupt_corrupt40_stop99"
+    assert points[("mlp1", 1.0)].experiment_id == "mlp1_cifar10_random_labels_stop99"
 
 
 def test_shared_experiments_have_one_id():
@@ -94,3 +99,16 @@ def test_demo_pair_differs_only_in_the_labels():
     assert (true.randomization, random.randomization) == ("none", "random_labels")
     assert random.replace(randomization="none", corrupt_prob=0.0) == true
     assert true.model == "mlp1" and true.train_subset == 5000 and true.epochs <= 60
+
+
+def test_cifar100_is_three_models_on_true_and_random_labels_with_the_paper_schedule():
+    from fastzhang.report import cifar100
+
+    configs = category("cifar100")
+    assert sorted((c.model, c.randomization) for c in configs) == sorted(
+        (m, r) for m in cifar100.MODELS for r in cifar100.LABELS)
+    for c in configs:
+        assert c.replace(model="inception", dataset="cifar10", randomization="none", corrupt_prob=0.0) == \
+            ExperimentConfig()
+    assert load("cifar100/inception_random_labels.yaml").experiment_id == "inception_cifar100_random_labels"
+    assert load("cifar100/mlp1_true_labels.yaml").experiment_id == "mlp1_cifar100_baseline"

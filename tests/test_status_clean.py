@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,9 @@ def ckpt(ident: str, epoch: int, epochs: int = 10, **extra) -> dict:
     return {
         "experiment_id": ident, "config": {"epochs": epochs}, "epoch": epoch, "step_in_epoch": 0,
         "model_state_dict": {"w": torch.ones(4)}, "best_test_acc": 40.0 + epoch,
-        "all_metrics": {"test_acc": [30.0 + e for e in range(1, epoch + 1)]}, **extra,
+        "all_metrics": {"epochs": list(range(1, epoch + 1)), "test_acc": [30.0 + e for e in range(1, epoch + 1)],
+                        "train_acc": [50.0 + e for e in range(1, epoch + 1)],
+                        "images_per_second": [100.0 * e for e in range(1, epoch + 1)]}, **extra,
     }
 
 
@@ -56,11 +60,14 @@ def lab(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ck, res = Path("checkpoints"), Path("results")
     C.save(ckpt(DONE, 2, epochs=2), C.latest_path(ck, DONE))
+    C.save(ckpt(DONE, 2, epochs=2), C.snapshot_path(ck, DONE, 2))  # --snapshot-every 2
     R.write(res, results_payload(DONE, 91.5, 90.25))
     R.write(res, results_payload(DONE_LONGER, 80.0, 79.0, stopped_early=True, total_epochs=1))
     C.save(ckpt(HALF, 3), C.latest_path(ck, HALF))
     C.save(ckpt(HALF, 4), C.latest_path(ck, HALF))
-    C.save(ckpt(RUNNING, 5), C.latest_path(ck, RUNNING))
+    running = ckpt(RUNNING, 5)
+    running["all_metrics"]["epoch_seconds"] = [30.0, 31.0, 29.0, 30.0, 25.0]
+    C.save(running, C.latest_path(ck, RUNNING))
     C.latest_path(ck, BROKEN).write_bytes(b"\0" * 100)
     (res / f"{BAD_RESULTS}_20240301_101010.json").write_text('{"schema_version": 1, "experim')
     return tmp_path
@@ -74,8 +81,12 @@ def status_rows(capsys) -> tuple[dict[str, str], str]:
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     table = out.split("\n\n")[0].splitlines()
-    assert table[0].split() == ["ID", "STATE", "BEST", "FINAL", "RESULTS"]
-    return {line.split()[0]: line for line in table[1:]}, out
+    assert table[0].split() == ["ID", "STATE", "TRAIN%", "TEST%", "BEST_TEST%", "IMG/S", "SNAPSHOTS", "UPDATED",
+                                "RESULTS"]
+    start, end = table[0].index("UPDATED"), table[0].index("RESULTS")  # aligned columns
+    for line in table[1:]:  # UPDATED: the time of the experiment's newest file, else -
+        assert re.fullmatch(r"(\d{4}-\d\d-\d\d \d\d:\d\d|-) *", line[start:end]), line
+    return {line.split()[0]: line[:start] + line[end:] for line in table[1:]}, out
 
 
 def test_status_one_row_per_experiment(lab, capsys):
@@ -84,12 +95,17 @@ def test_status_one_row_per_experiment(lab, capsys):
         rows, out = status_rows(capsys)
         after = snapshot(lab)
     assert set(rows) == {DONE, DONE_LONGER, HALF, RUNNING, BROKEN, BAD_RESULTS}
-    assert rows[DONE].split()[1:] == ["completed", "91.50", "90.25", f"{DONE}_20240301_101010.json"]
-    assert "completed (stopped at epoch 1 of 2)  80.00  79.00" in rows[DONE_LONGER]
-    assert rows[HALF].split()[1:] == "interrupted at epoch 4 of 10 44.00 34.00 -".split()
-    assert rows[RUNNING].split()[1:] == "in progress at epoch 5 of 10 45.00 35.00 -".split()
-    assert rows[BROKEN].split()[1:] == ["damaged", "checkpoint", "-", "-", "-"]
-    assert rows[BAD_RESULTS].split()[1:] == ["damaged", "results", "file", "-", "-", f"{BAD_RESULTS}_20240301_101010.json"]
+    # last epoch's train and test accuracy, best test accuracy, images/s (completed: the mean)
+    assert rows[DONE].split()[1:] == ["completed", "99.00", "90.25", "91.50", "1", "1",
+                                      f"{DONE}_20240301_101010.json"]
+    assert rows[DONE_LONGER].split()[1:11] == "completed (stopped at epoch 1 of 2) 99.00 79.00 80.00".split()
+    assert rows[HALF].split()[1:] == "stopped at epoch 4 of 10 54.00 34.00 44.00 400 0 -".split()
+    # the last epoch's time and the time left: 5 epochs of 25 s
+    assert rows[RUNNING].split()[1:] == ("in progress at epoch 5 of 10; last epoch 25s, about 2m 05s left "
+                                         "55.00 35.00 45.00 500 0 -").split()
+    assert rows[BROKEN].split()[1:] == ["damaged", "checkpoint", "-", "-", "-", "-", "0", "-"]
+    assert rows[BAD_RESULTS].split()[1:] == ["damaged", "results", "file", "-", "-", "-", "-", "0",
+                                             f"{BAD_RESULTS}_20240301_101010.json"]
     problems = out.split("\ndamaged files:\n")[1].splitlines()
     assert problems[0].startswith(f"  checkpoints/{BROKEN}_checkpoint.pth: not a readable torch file")
     assert problems[1].startswith(f"  results/{BAD_RESULTS}_20240301_101010.json: not valid JSON")
@@ -101,8 +117,8 @@ def test_status_after_lock_released_and_with_damaged_latest(lab, capsys):
     latest = C.latest_path("checkpoints", HALF)
     latest.write_bytes(latest.read_bytes()[:50])
     rows, out = status_rows(capsys)
-    assert rows[RUNNING].split()[1:4] == ["interrupted", "at", "epoch"]
-    assert f"interrupted at epoch 3 of 10 (from {HALF}_checkpoint.prev.pth; newer checkpoint damaged)" in rows[HALF]
+    assert rows[RUNNING].split()[1:4] == ["stopped", "at", "epoch"]
+    assert f"stopped at epoch 3 of 10 (from {HALF}_checkpoint.prev.pth; newer checkpoint damaged)" in rows[HALF]
     assert f"  checkpoints/{HALF}_checkpoint.pth: not a readable torch file" in out
 
 
@@ -141,9 +157,10 @@ def test_clean_yes_deletes_everything_of_one_experiment_only(lab, capsys):
         f"checkpoints/{n}" for n in (
             f"{DONE}_checkpoint.pth", f"{DONE}_checkpoint.prev.pth", f"{DONE}_best.pth", f"{DONE}.lock",
             f"{DONE}_checkpoint.pth.corrupt-20240101_000000", f".{DONE}_checkpoint.pth.k2j4h5g6.tmp",
+            f"{DONE}_epoch002.pth",  # snapshots too
         )
     } | {f"results/{DONE}_20240301_101010.json", f"results/.{DONE}_20240301_101010.json.abcd1234.tmp"}
-    assert out.startswith("will delete 8 files of 1 experiment:\n") and out.endswith("deleted 8 files\n")
+    assert out.startswith("will delete 9 files of 1 experiment:\n") and out.endswith("deleted 9 files\n")
     assert all(f"  {name}" in out for name in gone)
     assert R.find_completed("results", DONE_LONGER) is not None  # the prefix-sharing ID is untouched
 
@@ -211,7 +228,46 @@ def test_clean_all_and_argument_errors(lab, capsys):
     assert main(["clean", "--yes"]) == 2
     assert main(["clean", HALF, "--all", "--yes"]) == 2
     assert main(["clean", "../etc", "--yes"]) == 2
-    assert main(["clean", "never_ran", "--yes"]) == 0
+    assert main(["clean", "never_ran", "--yes"]) == 2  # a typo is not a success
     captured = capsys.readouterr()
-    assert "give experiment IDs or --all" in captured.err and "no files for experiment never_ran" in captured.err
-    assert captured.out.endswith("nothing to delete\n")
+    assert "give experiment IDs" in captured.err and "no files for experiment never_ran" in captured.err
+    assert main(["clean", "--all", "--yes"]) == 0
+    assert capsys.readouterr().out.endswith("nothing to delete\n")
+
+
+def test_misspelled_id_is_refused_with_the_closest_and_nothing_deleted(lab, capsys):
+    before = snapshot(lab)
+    assert main(["clean", HALF, "alexnet_cifar10_random_label", "--yes"]) == 2
+    assert main(["status", "alexnet_cifar10_random_label"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"fastzhang: error: clean: no files for experiment alexnet_cifar10_random_label in checkpoints "
+                   f"or results (did you mean {HALF}?); nothing was deleted",
+                   f"fastzhang: error: status: no experiment 'alexnet_cifar10_random_label' in checkpoints or "
+                   f"results (did you mean {HALF}?)"]
+    assert snapshot(lab) == before
+
+
+def test_status_id_shows_the_epochs_and_the_log(lab, capsys):
+    log = C.log_path("checkpoints", HALF)
+    log.write_text("2024-03-01 10:10:10 epoch lines\n")
+    assert main(["status", HALF]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{HALF}: stopped at epoch 4 of 10",
+        "EPOCH  TRAIN_LOSS  TRAIN%  TEST_LOSS  TEST%  LR  SECONDS  IMG/S",
+        *(f"{e}      -           {50 + e}.00   -          {30 + e}.00  -   -        {100 * e}" for e in range(1, 5)),
+        f"log: {log}",
+    ]
+    assert main(["status", DONE]) == 0  # completed: from its results file
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        f"{DONE}: completed", "EPOCH  TRAIN_LOSS  TRAIN%  TEST_LOSS  TEST%  LR  SECONDS  IMG/S",
+        "1      1.0000      1.00    1.0000     1.00   1   1.0      1"]
+
+
+def test_status_flags_a_locked_run_that_stopped_writing(lab, capsys):
+    latest = C.latest_path("checkpoints", RUNNING)
+    hour_ago = time.time() - 3600
+    os.utime(latest, (hour_ago, hour_ago))
+    with ExperimentLock("checkpoints", RUNNING):
+        rows, _ = status_rows(capsys)
+    assert "in progress at epoch 5 of 10; last epoch 25s, about 2m 05s left (no update for 1h 00m: hung?)" \
+        in rows[RUNNING]

@@ -24,18 +24,18 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from fastzhang import results
+from fastzhang import checkpoint, results, runlog
 from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
     check_limits, pinned_device, split_completed,
 )
+from fastzhang.batch.estimate import batch_time_left
 from fastzhang.stop import stop_signals
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -46,7 +46,8 @@ _POLL_SECONDS = 0.1
 class _Running:
     task: Task
     proc: subprocess.Popen
-    log: IO[bytes]
+    log: IO[bytes]  # the experiment's own log (checkpoint.log_path), opened for appending
+    log_start: int  # where this run's output begins in it
     gpu: str | None
     started: float
     output: str = ""
@@ -124,12 +125,19 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
     gpus = visible_gpus() if gpus is None else gpus
     slots = capacity(gpus, runs_per_gpu, max_parallel)
     threads = max(1, usable_cores() // slots)
-    progress = Progress(len(todo), opts.quiet)
-    where = f"{len(gpus)} GPU(s), up to {runs_per_gpu} per GPU" if gpus else f"CPU, {threads} thread(s) each"
-    progress.note(f"batch: {len(tasks)} experiment(s), {len(skipped)} already completed, "
-                  f"{len(todo)} to run, up to {slots} at once ({where})")
     queue: deque[Task] = deque(todo)
     running: list[_Running] = []
+
+    def time_left() -> str:
+        return batch_time_left(opts, bool(gpus), slots, list(queue), [r.task for r in running])
+
+    progress = Progress(len(todo), opts.quiet, time_left=time_left)
+    shown = os.environ.get("OMP_NUM_THREADS") or threads  # worker_env keeps a count the user chose
+    where = f"{len(gpus)} GPU(s), up to {runs_per_gpu} per GPU" if gpus else f"CPU, {shown} thread(s) each"
+    progress.note(f"batch: {len(tasks)} experiment(s), {len(skipped)} already completed, "
+                  f"{len(todo)} to run, up to {slots} at once ({where})")
+    if not opts.quiet:
+        progress.note(f"batch: {time_left()}")
 
     def pass_on(signum: int) -> None:
         for r in running:
@@ -156,12 +164,16 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
 
 
 def _launch(task: Task, opts: BatchOptions, gpu: str | None, threads: int) -> _Running:
-    log = tempfile.TemporaryFile()
+    # The run's own output (warnings, errors, how it ended) joins its epoch lines in the experiment's
+    # log, where `tail -f` and `fastzhang status ID` find it; both append, so neither overwrites the other.
+    path = checkpoint.log_path(opts.checkpoint_dir, task.experiment_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "ab")
     proc = subprocess.Popen(
         run_command(task, opts, pinned=gpu is not None), env=worker_env(dict(os.environ), gpu=gpu, threads=threads),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    return _Running(task, proc, log, gpu, time.monotonic())
+    return _Running(task, proc, log, log.tell(), gpu, time.monotonic())
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -172,10 +184,11 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 
 def _output(r: _Running) -> str:
-    r.log.seek(0)
-    text = r.log.read().decode("utf-8", "replace")
+    """What the run printed (its log also gained its time-stamped epoch lines meanwhile)."""
     r.log.close()
-    return text
+    with open(r.log.name, "rb") as f:
+        f.seek(r.log_start)
+        return runlog.printed(f.read().decode("utf-8", "replace"))
 
 
 def _finished(r: _Running, stop_signal: int | None, opts: BatchOptions) -> RunResult:

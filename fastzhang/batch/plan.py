@@ -147,8 +147,10 @@ def pinned_device(cfg: ExperimentConfig) -> str | None:
 class Progress:
     """One line when a run starts and one when it ends, with the batch's counts."""
 
-    def __init__(self, total: int, quiet: bool, out: Callable[[str], None] = print, running: str = "running"):
+    def __init__(self, total: int, quiet: bool, out: Callable[[str], None] = print, running: str = "running",
+                 time_left: Callable[[], str] | None = None):
         self.total, self.quiet, self.out, self.running_word = total, quiet, out, running
+        self.time_left = time_left  # the batch's estimated time left, said after each run ends
         self.started = 0
         self.results: list[RunResult] = []
 
@@ -166,7 +168,12 @@ class Progress:
         failed = sum(r.status == FAILED for r in self.results)
         self.note(f"== {what}: {result.task.label} after {result.seconds:.1f}s"
                   f"{': ' + result.detail if result.detail else ''} | {len(self.results)}/{self.total} done, "
-                  f"{running} {self.running_word}, {failed} failed")
+                  f"{running} {self.running_word}, {failed} failed" + self._left())
+
+    def _left(self) -> str:
+        if self.quiet or self.time_left is None or len(self.results) >= self.total:
+            return ""
+        return f", {self.time_left()}"
 
 
 def format_summary(runs: list[RunResult], total: int, stop_signal: int | None, title: str = "batch") -> str:

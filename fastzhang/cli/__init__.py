@@ -13,7 +13,7 @@ import signal
 import sys
 
 from fastzhang import __version__
-from fastzhang.errors import FastZhangError
+from fastzhang.errors import FastZhangError, did_you_mean
 
 SUBCOMMANDS = ("run", "status", "clean", "batch", "report", "models", "data")
 
@@ -30,6 +30,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # A subcommand's parser knows its own flags: it names the closest one to a misspelled flag
+        # (the top-level parser, which reports unknown flags otherwise, does not know them).
+        namespace, extras = super().parse_known_args(args, namespace)
+        for word in extras:
+            flag = word.split("=", 1)[0]
+            hint = did_you_mean(flag, self._option_string_actions) if flag.startswith("--") else ""
+            if hint:
+                self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:

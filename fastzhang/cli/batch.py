@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="every run logs to Weights & Biases (needs fastzhang[wandb])")
     p.add_argument("--force", action="store_true", help="train every experiment again from epoch 1")
     p.add_argument("--quiet", action="store_true", help="only failures and the summary")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what each recipe would do (run, resume at epoch k, skip, busy) and how long it "
+                        "would take; run nothing, write nothing")
     p.add_argument("--title", default="batch", help="what the summary calls this batch (default: batch; "
                                                     "run_all_recipes.sh says 'category NAME')")
     p.set_defaults(func=_batch)
@@ -59,6 +62,8 @@ def _batch(args: argparse.Namespace) -> int:
             info(note)
     opts = BatchOptions(checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir, force=args.force,
                         quiet=args.quiet)
+    if args.dry_run:
+        return _dry_run(tasks, opts, args)
     if args.backend == "ray":
         from fastzhang.batch.ray_backend import import_ray, run_ray
 
@@ -71,3 +76,25 @@ def _batch(args: argparse.Namespace) -> int:
         report = run_local(tasks, opts, runs_per_gpu=args.runs_per_gpu, max_parallel=args.max_parallel)
     print(report.summary(args.title), flush=True)
     return report.exit_code()
+
+
+def _dry_run(tasks, opts, args: argparse.Namespace) -> int:
+    """One line per experiment: what `batch` would do with it now, and the time it would take."""
+    from fastzhang.batch import estimate
+    from fastzhang.batch.local import capacity, visible_gpus
+
+    gpus = visible_gpus() if args.backend == "local" else []
+    at_once = capacity(gpus, args.runs_per_gpu, args.max_parallel)
+    clock = estimate.EpochClock(gpus_visible=bool(gpus))
+    clock.add_results(opts.results_dir)
+    clock.add_checkpoints(tasks, opts.checkpoint_dir)
+    plan = estimate.intents(tasks, opts)
+    print(f"batch --dry-run: {len(plan)} experiment(s); nothing is run or written")
+    for intent in plan:
+        per_epoch = clock.epoch_seconds(intent.task)
+        cost = "" if not intent.epochs_left else (
+            f", about {estimate.duration(intent.epochs_left * per_epoch)}" if per_epoch else ", no epoch time yet")
+        print(f"  {intent.task.label}: {intent.describe()}{cost}")
+    seconds, unknown = clock.seconds_left(plan, at_once)
+    print(f"estimate: {estimate.time_left_text(seconds, unknown)} with up to {at_once} run(s) at once")
+    return 0

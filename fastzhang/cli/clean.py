@@ -1,9 +1,10 @@
 """`fastzhang clean`: delete experiments' checkpoints (and results) after confirmation.
 
 Deletes, per experiment: the latest, previous and best checkpoints, damaged
-files kept as `.corrupt-*`, temporary files a killed writer left, the lock file,
-and (unless --checkpoints-only) the results files. It lists the files first and
-asks; without a terminal it refuses unless --yes. An experiment whose lock is held
+files kept as `.corrupt-*`, temporary files a killed writer left, its log, the
+lock file, and (unless --checkpoints-only) the results files. An ID with no files
+is refused (exit 2, the closest known ID named) before anything is deleted. It
+lists the files first and asks; without a terminal it refuses unless --yes. An experiment whose lock is held
 by a running process is never touched: its lock stays taken by `clean` until the
 files are gone, so no run can start halfway through.
 """
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from fastzhang.cli.run import add_output_flags
-from fastzhang.errors import UsageError, WriteError
+from fastzhang.errors import UsageError, WriteError, did_you_mean
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 
@@ -27,16 +28,23 @@ def add_parser(sub) -> None:
     p.add_argument("ids", nargs="*", metavar="ID", help="experiment IDs (see `fastzhang status`)")
     p.add_argument("--all", action="store_true", help="every experiment found in both folders")
     p.add_argument("--checkpoints-only", action="store_true", help="keep the results files")
+    p.add_argument("--completed", action="store_true",
+                   help="free the checkpoints (latest, previous, snapshots, best) of every completed experiment; "
+                        "results files and logs stay; running experiments are never touched")
+    p.add_argument("--keep-best", action="store_true", help="with --completed: keep each ID_best.pth")
+    p.add_argument("--dry-run", action="store_true", help="with --completed: list what would be freed, delete nothing")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from fastzhang.log import warn
-
-    if bool(args.ids) == bool(args.all):
-        raise UsageError("clean: give experiment IDs or --all (one of the two)")
+    if (args.keep_best or args.dry_run) and not args.completed:
+        raise UsageError("clean: --keep-best and --dry-run go with --completed")
+    if bool(args.ids) + bool(args.all) + bool(args.completed) != 1:
+        raise UsageError("clean: give experiment IDs, --all or --completed (one of the three)")
+    if args.completed:
+        return _free_completed(args)
     for ident in args.ids:
         if not _ID_RE.match(ident):
             raise UsageError(f"clean: {ident!r} is not an experiment ID (letters, digits, . _ + - only)")
@@ -45,23 +53,83 @@ def run(args) -> int:
     with contextlib.ExitStack() as stack:
         _lock_running(stack, args.checkpoint_dir, ids)
         plan = {i: files_of(i, args.checkpoint_dir, args.results_dir, args.checkpoints_only) for i in ids}
-        for ident in args.ids:
-            if not plan[ident]:
-                warn(f"no files for experiment {ident} in {args.checkpoint_dir} or {args.results_dir}")
+        unknown = [ident for ident in args.ids if not plan[ident]]
+        if unknown:  # a typo must not read as success; nothing is deleted
+            known = all_ids(args.checkpoint_dir, args.results_dir)
+            raise UsageError(f"clean: no files for experiment {unknown[0]} in {args.checkpoint_dir} or "
+                             f"{args.results_dir}" + did_you_mean(unknown[0], known) + "; nothing was deleted")
         doomed = [path for ident in ids for path in plan[ident]]
         if not doomed:
             print("nothing to delete")
             return 0
         count = sum(1 for ident in ids if plan[ident])
-        print(f"will delete {len(doomed)} files of {count} experiment{'s' if count != 1 else ''}:")
-        for path in doomed:
-            print(f"  {path}")
-        if not args.yes and not _confirm(len(doomed)):
-            print("nothing deleted")
+        heading = f"will delete {len(doomed)} files of {count} experiment{'s' if count != 1 else ''}:"
+        if not _carry_out(doomed, heading, [str(path) for path in doomed], yes=args.yes):
             return 1
-        _delete(doomed)
     print(f"deleted {len(doomed)} files")
     return 0
+
+
+def _free_completed(args) -> int:
+    """--completed: delete the checkpoints of experiments whose results file says completed."""
+    from fastzhang import lock
+
+    ids = completed_ids(args.results_dir)
+    with contextlib.ExitStack() as stack:
+        running = [i for i in ids if not _try_lock(stack, args.checkpoint_dir, i)]
+        plan = {i: completed_checkpoints(args.checkpoint_dir, i, keep_best=args.keep_best)
+                for i in ids if i not in running}
+        doomed = [path for paths in plan.values() for path in paths]
+        for ident in running:
+            print(f"skipped {ident}: its lock {lock.lock_path(args.checkpoint_dir, ident)} is held by a running process")
+        if not doomed:
+            print("nothing to free")
+            return 0
+        size = sum(path.stat().st_size for path in doomed)
+        count = sum(1 for paths in plan.values() if paths)
+        verb = "would free" if args.dry_run else "will free"
+        heading = f"{verb} {len(doomed)} files, {_bytes(size)}, of {count} completed experiment{'s' if count != 1 else ''}:"
+        shown = [f"{path}  ({_bytes(path.stat().st_size)})" for path in doomed]
+        if args.dry_run:
+            print("\n".join([heading, *(f"  {line}" for line in shown)]))
+            return 0
+        if not _carry_out(doomed, heading, shown, yes=args.yes):
+            return 1
+    print(f"freed {len(doomed)} files, {_bytes(size)}")
+    return 0
+
+
+def completed_ids(results_dir: Path) -> list[str]:
+    from fastzhang import results
+
+    return sorted({e.experiment_id for e in results.scan(results_dir) if e.payload and e.payload["completed"]})
+
+
+def completed_checkpoints(checkpoint_dir: Path, ident: str, *, keep_best: bool) -> list[Path]:
+    """A completed experiment's checkpoint files; its results and log are its history and stay."""
+    from fastzhang import checkpoint
+
+    best = checkpoint.best_path(checkpoint_dir, ident)
+    kept = {best, checkpoint.prev_path(best)} if keep_best else set()
+    return [p for p in checkpoint.experiment_files(checkpoint_dir, ident) if ".pth" in p.name and p not in kept]
+
+
+def _try_lock(stack: contextlib.ExitStack, checkpoint_dir: Path, ident: str) -> bool:
+    """Hold the experiment's lock until the end, if it has a lock file; False if a run holds it."""
+    from fastzhang import lock
+    from fastzhang.errors import LockHeld
+
+    if not lock.lock_path(checkpoint_dir, ident).is_file():
+        return True  # a run creates its lock file first: no lock file, no run
+    try:
+        stack.enter_context(lock.ExperimentLock(checkpoint_dir, ident))
+    except LockHeld:
+        return False
+    return True
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB ({n:,} bytes)" if n >= 1e5 else f"{n:,} bytes"
 
 
 def all_ids(checkpoint_dir: Path, results_dir: Path) -> list[str]:
@@ -94,6 +162,18 @@ def _lock_running(stack: contextlib.ExitStack, checkpoint_dir: Path, ids: list[s
     for ident in ids:
         if lock.lock_path(checkpoint_dir, ident).is_file():
             stack.enter_context(lock.ExperimentLock(checkpoint_dir, ident))
+
+
+def _carry_out(doomed: list[Path], heading: str, shown: list[str], *, yes: bool) -> bool:
+    """List what will go, ask (unless --yes), delete; False when the answer was no."""
+    print(heading)
+    for line in shown:
+        print(f"  {line}")
+    if not yes and not _confirm(len(doomed)):
+        print("nothing deleted")
+        return False
+    _delete(doomed)
+    return True
 
 
 def _confirm(count: int) -> bool:

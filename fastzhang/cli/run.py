@@ -8,10 +8,14 @@ never replaced by a flag's default.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
-from fastzhang.config import ExperimentConfig
+from fastzhang import results, runlog
+from fastzhang.config import LOADERS, SWITCHES, ExperimentConfig
 from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
+from fastzhang.errors import UsageError
 from fastzhang.models.registry import MODELS
 
 # flag -> (config field, argparse type, help); {names} in a help are filled by _listed()
@@ -26,30 +30,57 @@ _VALUE_FLAGS = (
     ("--lr", "lr", float, "initial learning rate (default: {default_lrs})"),
     ("--lr-decay", "lr_decay", float, "learning-rate factor after every epoch (default 0.95)"),
     ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
-    ("--seed", "seed", int, "seed for data randomization, order, crops and init"),
+    ("--seed", "seed", int, "seed for data randomization, order, crops and init (default 0)"),
     ("--train-subset", "train_subset", int, "train on a fixed subset of k images"),
     ("--stop-at-train-acc", "stop_at_train_acc", float, "stop once train accuracy (%%) reaches this"),
+    ("--early-stop-patience", "early_stop_patience", int,
+     "stop once the best test accuracy is this many epochs old (default: no early stopping)"),
+    ("--early-stop-min-epochs", "early_stop_min_epochs", int,
+     "early stopping ends no run before this epoch (default 0)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
-    ("--data-dir", "data_dir", str, "CIFAR-10 folder (default $FASTZHANG_DATA, then ./data)"),
+    ("--data-dir", "data_dir", str, "CIFAR-10 / CIFAR-100 folder (default $FASTZHANG_DATA, then ./data)"),
     ("--amp", "amp", str, "bf16 autocast: auto | on | off"),
     ("--compile", "compile", str, "torch.compile: auto | on | off"),
     ("--cuda-graphs", "cuda_graphs", str, "capture the training step: auto | on | off"),
     ("--channels-last", "channels_last", str, "channels_last memory format: auto | on | off"),
     ("--loader", "loader", str, "auto | torch | triton | dali (auto: triton on CUDA when it can run, else torch)"),
     ("--checkpoint-every-steps", "checkpoint_every_steps", int, "also checkpoint every N steps"),
+    ("--snapshot-every", "snapshot_every", int,
+     "also keep checkpoints/ID_epochEEE.pth every N epochs and at the last (for --resume-from)"),
 )
 
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML recipe (flags override its values)")
+    p.add_argument("--config", type=Path, metavar="RECIPE", help="YAML recipe (flags override its values)")
     listed = _listed()
+    named = _choices()
     for flag, dest, kind, text in _VALUE_FLAGS:
-        p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text.format(**listed))
+        choices = named.get(dest)
+        p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text.format(**listed),
+                       metavar="{" + ",".join(choices) + "}" if choices else None)
     p.add_argument("--random-crop", dest="random_crop", action="store_true", default=argparse.SUPPRESS,
                    help="random 28x28 crops for training (default: center crop)")
-    p.add_argument("--no-random-crop", dest="random_crop", action="store_false", default=argparse.SUPPRESS)
+    p.add_argument("--no-random-crop", dest="random_crop", action="store_false", default=argparse.SUPPRESS,
+                   help="center crops (overrides a recipe's random_crop: true)")
     p.add_argument("--use_wandb", "--use-wandb", dest="use_wandb", action="store_true",
                    default=argparse.SUPPRESS, help="log to Weights & Biases (needs fastzhang[wandb])")
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Flags whose values are names, read when the parser is built: the usage shows them; config.py
+    checks them (and suggests the closest)."""
+    return {"model": tuple(MODELS), "dataset": DATASETS, "randomization": RANDOMIZATIONS, "amp": SWITCHES,
+            "compile": SWITCHES, "cuda_graphs": SWITCHES, "channels_last": SWITCHES, "loader": LOADERS}
+
+
+EXAMPLES = """examples:
+  fastzhang run --config recipes/demo/mlp1_random_labels.yaml
+  fastzhang run --model mlp1 --randomization partial --corrupt-prob 0.2 --epochs 20
+  fastzhang run --resume-from checkpoints/ID_checkpoint.pth      # continue that experiment
+  fastzhang run --config recipes/table1/mlp1_baseline.yaml --force   # train it again from epoch 1
+
+Progress: per-epoch lines on stderr (a progress bar on a terminal) and in
+CHECKPOINT_DIR/ID.log; `fastzhang status [ID]` shows every experiment."""
 
 
 def _listed() -> dict[str, str]:
@@ -75,12 +106,17 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="train one experiment (resumes, skips if completed)",
-                       description="Train one experiment. Resumes from its checkpoint; skips it if completed.")
+                       description="Train one experiment, given by a recipe (--config) and/or flags (--model at\n"
+                                   "least). Resumes from its checkpoint; skips it if completed.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_flags(p)
     add_output_flags(p)
     p.add_argument("--force", action="store_true", help="train again from epoch 1 (keeps old results)")
-    p.add_argument("--resume-from", type=Path, help="resume from this checkpoint file (same configuration)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--resume-from", type=Path, metavar="CHECKPOINT",
+                   help="continue from this checkpoint file; alone it continues the experiment stored there, "
+                        "flags given must match it")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or per-epoch lines on the terminal (the log file still gets them)")
     p.set_defaults(func=_run)
 
 
@@ -89,6 +125,14 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     given = {k: v for k, v in vars(args).items() if k in fields}
     if args.config is not None:
         return ExperimentConfig.from_yaml(args.config, overrides=given)
+    resume = getattr(args, "resume_from", None)
+    if resume is not None:  # the checkpoint's own settings; flags given override, check_resumable compares
+        from fastzhang.experiment import resume_config
+
+        return ExperimentConfig.from_mapping({**resume_config(resume), **given}, source=f"{resume} and flags")
+    if "model" not in given:
+        raise UsageError("run needs --config RECIPE or --model NAME (or --resume-from CHECKPOINT), "
+                         "e.g. fastzhang run --config recipes/demo/mlp1_true_labels.yaml; see fastzhang run --help")
     return ExperimentConfig.from_mapping(given, source="flags")
 
 
@@ -101,24 +145,47 @@ def _run(args: argparse.Namespace) -> int:
     try:
         outcome = run_experiment(cfg, opts)
     except Interrupted as e:
-        print(f"fastzhang: {e}", flush=True)
+        print(f"fastzhang: {e}; to resume, run the same command again: {command_used(args)}",
+              file=sys.stderr, flush=True)
         return e.exit_code
     if outcome.status == "already_completed":
         print(completion_block(outcome, args, opts))
     else:
-        m = outcome.results["metrics"]
-        print(f"fastzhang: {outcome.experiment_id} completed: best test accuracy {m['best_test_acc']:.2f}%, "
-              f"final {m['final_test_acc']:.2f}% after {outcome.results['total_epochs']} epochs; "
-              f"results in {outcome.results_path}")
+        r = outcome.results
+        print("fastzhang: " + runlog.completed_line(outcome.experiment_id, r["metrics"], r["total_epochs"],
+                                                    outcome.results_path))
     return 0
+
+
+def command_used(args: argparse.Namespace, *extra: str) -> str:
+    """The `fastzhang run` command that asks for this experiment again, as given (flags of the run only)."""
+    given = vars(args)
+    words = ["fastzhang", "run"]
+    if args.config is not None:
+        words += ["--config", str(args.config)]
+    if getattr(args, "resume_from", None) is not None:
+        words += ["--resume-from", str(args.resume_from)]
+    words += [w for flag, dest, _, _ in _VALUE_FLAGS if dest in given for w in (flag, str(given[dest]))]
+    if "random_crop" in given:
+        words.append("--random-crop" if given["random_crop"] else "--no-random-crop")
+    if given.get("use_wandb"):
+        words.append("--use-wandb")
+    return shlex.join(words + output_words(args) + list(extra))
+
+
+def output_words(args: argparse.Namespace) -> list[str]:
+    """--checkpoint-dir / --results-dir as given, when they are not the defaults."""
+    words = []
+    for flag, dest, default in (("--checkpoint-dir", "checkpoint_dir", "checkpoints"),
+                                ("--results-dir", "results_dir", "results")):
+        if Path(getattr(args, dest)) != Path(default):
+            words += [flag, str(getattr(args, dest))]
+    return words
 
 
 def completion_block(outcome, args, opts) -> str:
     path = _shown(outcome.results_path)
-    from fastzhang.checkpoint import latest_path  # names files without importing torch
-
-    ckpt = _shown(latest_path(opts.checkpoint_dir, outcome.experiment_id))
-    recipe = str(args.config) if args.config else "<recipe>"
+    clean = shlex.join(["fastzhang", "clean", outcome.experiment_id, *output_words(args)])
     r = outcome.results
     m = r.get("metrics", {})
     bar = "=" * 44
@@ -126,19 +193,18 @@ def completion_block(outcome, args, opts) -> str:
         bar, "⚠️  EXPERIMENT ALREADY COMPLETED", bar,
         f"Results file: {path}", "",
         "To re-run this experiment, either:",
-        f"  1. Add --force flag: ./run_experiment.sh --config {recipe} --force",
+        f"  1. Add --force flag: {command_used(args, '--force')}",
         f"  2. Delete the results file: {path}",
-        f"  3. Delete the checkpoint: {ckpt}",
+        f"  3. Delete its checkpoints and results: {clean}",
         bar, "", "Previous Results:",
-        f"  Best test accuracy: {_pct(m.get('best_test_acc'))}",
-        f"  Final test accuracy: {_pct(m.get('final_test_acc'))}",
+        f"  Best test accuracy: {runlog.pct(m.get('best_test_acc'))}"
+        + (f" (epoch {m['best_epoch']})" if m.get("best_epoch") else ""),
+        f"  Final train accuracy: {runlog.pct(m.get('final_train_acc'))}",
+        f"  Final test accuracy: {runlog.pct(m.get('final_test_acc'))}",
         f"  Total epochs: {r.get('total_epochs')}",
+        f"  Ended: {results.how_it_ended(r)}",
         f"  Completed: {r.get('timestamp')}",
     ])
-
-
-def _pct(value) -> str:
-    return f"{value:.2f}%" if isinstance(value, (int, float)) else "n/a"
 
 
 def _shown(path: Path) -> str:

@@ -1,23 +1,38 @@
-"""`fastzhang status`: one row per experiment found in the checkpoint and results folders.
+"""`fastzhang status [ID]`: one row per experiment found in the checkpoint and results folders.
 
 States: completed (a valid results file says so), in progress (its lock is held),
-interrupted (a verified checkpoint, no results, lock free), damaged (only
-unreadable files). Checkpoints are verified, read-only: status never renames,
-creates or deletes anything. Damaged checkpoints and results files are listed
-below the table with their problem.
+stopped (a verified checkpoint, no results, lock free: nothing is training it),
+damaged (only unreadable files). Each row shows the last finished epoch's train
+and test accuracy, the best test accuracy, images/s and when the experiment's
+files last changed; a run in progress whose files have not changed for much longer
+than an epoch takes is flagged. `status ID` prints that experiment's per-epoch
+table (from its results file, else its checkpoint) and the path of its log.
+Checkpoints are verified, read-only: status never renames, creates or deletes
+anything. Damaged checkpoints and results files are listed below the table.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastzhang.cli.run import add_output_flags
+from fastzhang.errors import UsageError, did_you_mean
+
+# A run in progress is flagged when nothing was written for this long (or 3 epochs, if longer).
+QUIET_SECONDS = 15 * 60
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("status", help="one row per experiment: completed, in progress, interrupted or damaged")
+    p = sub.add_parser(
+        "status", help="one row per experiment: completed, in progress, stopped or damaged",
+        description="One row per experiment in the checkpoint and results folders: its state, the last "
+                    "epoch's train and test accuracy, the best test accuracy, images/s and the time of its "
+                    "last update. With an ID: that experiment's per-epoch table and the path of its log.",
+    )
+    p.add_argument("id", nargs="?", metavar="ID", help="show this experiment's epochs (see the table's IDs)")
     add_output_flags(p)
     p.set_defaults(func=run)
 
@@ -27,13 +42,20 @@ class Row:
     experiment_id: str
     state: str
     best_test_acc: float | None
-    final_test_acc: float | None
+    final_test_acc: float | None  # of the last finished epoch
     results_file: str
     problems: tuple[str, ...] = ()  # "path: reason" for damaged checkpoints, shown below the table
+    final_train_acc: float | None = None
+    images_per_second: float | None = None
+    updated: float | None = None  # time.time() of the newest file of the experiment
+    metrics: dict | None = None  # the per-epoch series, for `status ID`
+    snapshots: int = 0  # {id}_epochEEE.pth files kept by --snapshot-every
 
 
 def run(args) -> int:
     rows, damaged = collect(args.checkpoint_dir, args.results_dir)
+    if args.id is not None:
+        return _one(args, rows)
     if not rows and not damaged:
         print(f"no experiments in {args.checkpoint_dir} or {args.results_dir}")
         return 0
@@ -43,6 +65,21 @@ def run(args) -> int:
         print("\ndamaged files:")
         for line in problems:
             print(f"  {line}")
+    return 0
+
+
+def _one(args, rows: list[Row]) -> int:
+    from fastzhang import checkpoint
+
+    found = {r.experiment_id: r for r in rows}
+    row = found.get(args.id)
+    if row is None:
+        raise UsageError(f"status: no experiment {args.id!r} in {args.checkpoint_dir} or {args.results_dir}"
+                         + did_you_mean(args.id, found))
+    print(f"{row.experiment_id}: {row.state}")
+    print(epoch_table(row.metrics or {}))
+    log = checkpoint.log_path(args.checkpoint_dir, row.experiment_id)
+    print(f"log: {log}" + ("" if log.is_file() else " (none yet)"))
     return 0
 
 
@@ -67,24 +104,30 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
 
     done = [e for e in entries if e.payload is not None and e.payload["completed"]]
     held = lock.is_held(checkpoint_dir, ident)
+    log = checkpoint.log_path(checkpoint_dir, ident)
+    snapshots = len(checkpoint.snapshots(checkpoint_dir, ident))
     if done and not held:
         payload = done[-1].payload
         metrics = payload["metrics"]
         state = "completed"
         if payload["stopped_early"]:
             state += f" (stopped at epoch {payload['total_epochs']} of {payload['target_epochs']})"
-        return Row(ident, state, metrics["best_test_acc"], metrics["final_test_acc"], done[-1].path.name)
+        return Row(ident, state, metrics["best_test_acc"], metrics["final_test_acc"], done[-1].path.name,
+                   final_train_acc=metrics["final_train_acc"],
+                   images_per_second=payload["throughput"]["mean_images_per_second"],
+                   updated=_newest(done[-1].path, log), metrics=metrics, snapshots=snapshots)
 
     ckpt, used, damage = checkpoint.inspect_latest(checkpoint.latest_path(checkpoint_dir, ident))
     bad_results = [e for e in entries if e.problem]
     results_name = bad_results[-1].path.name if bad_results else "-"
     problems = tuple(f"{e.path}: {e.reason}" for e in damage)
     seen = payload_progress(ckpt) if ckpt is not None else None
-    best, final = (seen.best_test_acc, seen.last_test_acc) if seen else (None, None)
+    updated = _newest(used, log)
     if held:
-        state = f"in progress at {_progress(seen)}" if seen else "in progress (no checkpoint yet)"
+        state = f"in progress at {_progress(seen)}{_time_left(seen)}" if seen else "in progress (no checkpoint yet)"
+        state += _quiet_for(updated, seen)
     elif seen:
-        state = f"interrupted at {_progress(seen)}"
+        state = f"stopped at {_progress(seen)}"
         if damage:
             state += f" (from {used.name}; newer checkpoint damaged)"
     elif damage:
@@ -96,7 +139,43 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
         results_name = entries[-1].path.name
     else:
         state = "no checkpoint"
-    return Row(ident, state, best, final, results_name, problems)
+    if seen is None:
+        return Row(ident, state, None, None, results_name, problems, updated=updated, snapshots=snapshots)
+    best = seen.best_test_acc if seen.last_test_acc is not None else None  # 0.0 before the first epoch
+    return Row(ident, state, best, seen.last_test_acc, results_name, problems,
+               final_train_acc=seen.last_train_acc, images_per_second=seen.images_per_second, updated=updated,
+               metrics=seen.metrics, snapshots=snapshots)
+
+
+def _newest(*paths: Path | None) -> float | None:
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except (AttributeError, OSError):  # None, or not there
+            pass
+    return max(times, default=None)
+
+
+def _quiet_for(updated: float | None, seen) -> str:
+    """' (no update for 2h 05m)' when a locked run has written nothing for much longer than an epoch takes."""
+    from fastzhang.runlog import duration
+
+    if updated is None:
+        return ""
+    seconds = [s for s in (seen.metrics.get("epoch_seconds") or []) if s == s] if seen else []
+    limit = max(QUIET_SECONDS, 3 * max(seconds, default=0))
+    age = time.time() - updated
+    return f" (no update for {duration(age)}: hung?)" if age > limit else ""
+
+
+def _time_left(seen) -> str:
+    """'; last epoch 25s, about 41m 40s left' once an epoch has been timed."""
+    from fastzhang.runlog import duration
+
+    if seen.seconds_left is None:
+        return ""
+    return f"; last epoch {duration(seen.last_epoch_seconds)}, about {duration(seen.seconds_left)} left"
 
 
 def _progress(seen) -> str:
@@ -109,18 +188,45 @@ def _known(value) -> str:
     return "?" if value is None else str(value)
 
 
-def _acc(value: Any) -> str:
-    if value is None:
+def _num(value: Any, spec: str = ".2f") -> str:
+    if value is None or value != value:
         return "-"
-    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+HEADER = ("ID", "STATE", "TRAIN%", "TEST%", "BEST_TEST%", "IMG/S", "SNAPSHOTS", "UPDATED", "RESULTS")
 
 
 def format_table(rows: list[Row]) -> str:
-    table = [("ID", "STATE", "BEST", "FINAL", "RESULTS")]
-    table += [
-        (r.experiment_id, r.state, _acc(r.best_test_acc), _acc(r.final_test_acc), r.results_file) for r in rows
+    """TRAIN% and TEST%: accuracy of the last finished epoch; IMG/S: of that epoch (completed: the mean)."""
+    table = [HEADER] + [
+        (r.experiment_id, r.state, _num(r.final_train_acc), _num(r.final_test_acc), _num(r.best_test_acc),
+         _num(r.images_per_second, ".0f"), str(r.snapshots), _when(r.updated), r.results_file) for r in rows
     ]
-    widths = [max(len(line[i]) for line in table) for i in range(4)]
+    return _aligned(table)
+
+
+def _aligned(table: list[tuple[str, ...]]) -> str:
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line[:4], widths)) + "  " + line[4] for line in table
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1] for line in table
     ).rstrip()
+
+
+def epoch_table(metrics: dict) -> str:
+    """One line per finished epoch from a metrics mapping (results file or checkpoint)."""
+    columns = (("EPOCH", "epochs", ".0f"), ("TRAIN_LOSS", "train_loss", ".4f"), ("TRAIN%", "train_acc", ".2f"),
+               ("TEST_LOSS", "test_loss", ".4f"), ("TEST%", "test_acc", ".2f"), ("LR", "lr", ".4g"),
+               ("SECONDS", "epoch_seconds", ".1f"), ("IMG/S", "images_per_second", ".0f"))
+    count = len(metrics.get("epochs") or [])
+    if not count:
+        return "no finished epoch yet"
+    table = [tuple(name for name, _, _ in columns)]
+    series = {key: list(metrics.get(key) or []) for _, key, _ in columns}
+    table += [tuple(_num(series[key][i] if i < len(series[key]) else None, spec) for _, key, spec in columns)
+              for i in range(count)]
+    return _aligned(table)

@@ -39,6 +39,7 @@ class ResidentData:
     test_y: torch.Tensor  # int64 [m], true labels
     fingerprint: str  # of the data set before randomization
     fingerprint_name: str | None
+    num_classes: int  # the data set's classes: labels are 0..num_classes-1
 
     @property
     def num_train(self) -> int:
@@ -53,14 +54,14 @@ class ResidentData:
               train_subset: int | None, device: torch.device | str) -> "ResidentData":
         train_x, train_y, test_x, test_y = randomize(
             arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels,
-            kind=randomization, corrupt_prob=corrupt_prob, seed=seed,
+            kind=randomization, corrupt_prob=corrupt_prob, seed=seed, num_classes=arrays.num_classes,
         )
         if train_subset is not None:
             keep = subset_indices(len(train_y), train_subset, seed)
             train_x, train_y = train_x[keep], train_y[keep]
         return cls(_to_device(train_x, np.uint8, device), _to_device(train_y, np.int64, device),
                    _to_device(test_x, np.uint8, device), _to_device(test_y, np.int64, device),
-                   arrays.fingerprint, arrays.fingerprint_name)
+                   arrays.fingerprint, arrays.fingerprint_name, arrays.num_classes)
 
 
 def subset_indices(n: int, k: int, seed: int) -> np.ndarray:

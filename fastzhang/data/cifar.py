@@ -1,12 +1,19 @@
-"""Read CIFAR-10 from any official layout, validate every byte's place, fingerprint it.
+"""Read CIFAR-10 or CIFAR-100 from any official layout, validate every byte's place, fingerprint it.
 
 This module reads files; data/download.py finds (or fetches) them and
-data/sources.py puts the two together. Layouts:
-* python:  `cifar-10-batches-py/` with pickled `data_batch_1..5` and `test_batch`,
+data/sources.py puts the two together. A `CifarSpec` (CIFAR10, CIFAR100; SPECS
+by name) says where each data set's layouts keep what, and its classes: the one
+place a class count comes from (the arrays carry their classes onward). Layouts:
+* python:  CIFAR-10: `cifar-10-batches-py/` with pickled `data_batch_1..5` and `test_batch`;
+           CIFAR-100: `cifar-100-python/` with pickled `train` and `test` (labels: `fine_labels`);
            read through the restricted unpickler in data/safe_pickle.py;
-* binary:  `cifar-10-batches-bin/` with `data_batch_1..5.bin` and `test_batch.bin`,
+* binary:  CIFAR-10: `cifar-10-batches-bin/` with `data_batch_1..5.bin` and `test_batch.bin`,
            records of 1 label byte + 3072 pixel bytes;
-* tarball: `cifar-10-python.tar.gz`, extracted once into the cache (download.py), then read as python.
+           CIFAR-100: `cifar-100-binary/` with `train.bin` and `test.bin`, records of
+           2 label bytes (coarse, fine) + 3072 pixel bytes;
+* tarball: `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz`, extracted once into the
+           cache (download.py), then read as python.
+Both hold 50,000 training and 10,000 test images; CIFAR-100 is trained on its 100 fine labels.
 
 Fingerprints (both sha256 hex):
 * `fingerprint(...)`: sha256 of the header `fastzhang-data-v1 {n_train} {n_test}\\n`
@@ -26,24 +33,83 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 from fastzhang.data import safe_pickle
 from fastzhang.errors import DataError
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NUM_CLASSES = len(CLASSES)  # the one count of classes: labels, randomizations, the synthetic set, chance
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = 3 * 32 * 32
-PER_BATCH = 10_000  # images per official batch file: 5 x 10,000 train, 10,000 test
+# The unit of a data set's size: CIFAR-10's batch file. Every data set here has
+# TRAIN_BATCHES * PER_BATCH training and PER_BATCH test images (tests use tiny units).
+PER_BATCH = 10_000
 TRAIN_BATCHES = 5
-BATCH_FILES = {
-    "python": tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
-    "binary": tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",),
-}
+LAYOUTS = ("python", "binary")  # folders of batch files; a tarball holds the python folder
 
-# Exact fingerprints, computed from the files themselves (`fastzhang data info`).
+
+@dataclass(frozen=True)
+class CifarSpec:
+    """One data set's official release: its files in each layout and its classes."""
+
+    name: str  # the config's `dataset`
+    title: str  # "CIFAR-10", for messages
+    classes: tuple[str, ...]  # label k names classes[k]
+    folders: MappingProxyType  # layout -> the batches folder's official name
+    tarball: str
+    train_files: MappingProxyType  # layout -> the training files, in order
+    test_files: MappingProxyType  # layout -> the test file
+    label_key: str  # python layout: the list of labels trained on
+    label_bytes: int  # binary layout: label bytes before each image's pixels; the last is ours
+    meta: str  # python layout: the class names file, extracted with the batches
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def files(self, layout: str) -> tuple[str, ...]:
+        """The batch files of `layout`: training files, then the test file."""
+        return self.train_files[layout] + (self.test_files[layout],)
+
+
+CIFAR10 = CifarSpec(
+    name="cifar10", title="CIFAR-10",
+    classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    folders=MappingProxyType({"python": "cifar-10-batches-py", "binary": "cifar-10-batches-bin"}),
+    tarball="cifar-10-python.tar.gz",
+    train_files=MappingProxyType({"python": tuple(f"data_batch_{i}" for i in range(1, 6)),
+                                  "binary": tuple(f"data_batch_{i}.bin" for i in range(1, 6))}),
+    test_files=MappingProxyType({"python": "test_batch", "binary": "test_batch.bin"}),
+    label_key="labels", label_bytes=1, meta="batches.meta",
+)
+CIFAR100 = CifarSpec(
+    name="cifar100", title="CIFAR-100",
+    # The fine labels' names, in label order (the release's meta file: fine_label_names).
+    classes=(
+        "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+        "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+        "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+        "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+        "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle",
+        "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear",
+        "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon",
+        "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
+        "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
+        "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+        "willow_tree", "wolf", "woman", "worm",
+    ),
+    folders=MappingProxyType({"python": "cifar-100-python", "binary": "cifar-100-binary"}),
+    tarball="cifar-100-python.tar.gz",
+    train_files=MappingProxyType({"python": ("train",), "binary": ("train.bin",)}),
+    test_files=MappingProxyType({"python": "test", "binary": "test.bin"}),
+    label_key="fine_labels", label_bytes=2, meta="meta",
+)
+SPECS = {spec.name: spec for spec in (CIFAR10, CIFAR100)}
+
+# Exact fingerprints, computed from the files themselves (`fastzhang data info`). CIFAR-100's
+# are added once computed from the official files (none are reachable from here); until then
+# `data info` shows CIFAR-100 as "unknown data set" beside its fingerprints.
 KNOWN_FINGERPRINTS = {
     "16b77e7a3b1a0909beca18254c3b0174a72ec6a66c1294c93ae10558aa41b4b3":
         "CIFAR-10 offline copy (shuffled order)",
@@ -56,7 +122,7 @@ KNOWN_CONTENT_FINGERPRINTS = {
 
 @dataclass(frozen=True, eq=False)
 class CifarArrays:
-    """A decoded data set: uint8 images [N, 3, 32, 32], int64 labels [N]."""
+    """A decoded data set: uint8 images [N, 3, 32, 32], int64 labels [N] in 0..num_classes-1."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -66,9 +132,14 @@ class CifarArrays:
     layout: str  # "python" | "binary" | "tarball" | "synthetic"
     fingerprint: str
     fingerprint_name: str | None
+    classes: tuple[str, ...]  # label k names classes[k]
     content_fingerprint: str | None = None
     content_fingerprint_name: str | None = None
     batches_dir: str | None = None  # the folder actually read (the cache, for a tarball)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 # ------------------------------------------------------------------------------------------
@@ -122,43 +193,52 @@ def name_fingerprints(exact: str, content: str | None) -> tuple[str | None, str 
 # Batch readers: each returns (images uint8 [n, 3072], labels int64 [n]) or raises DataError
 
 
-def _check_labels(path: Path, labels: np.ndarray, per_batch: int) -> np.ndarray:
-    if labels.ndim != 1 or len(labels) != per_batch:
-        raise DataError(f"{path}: expected {per_batch} labels, found shape {labels.shape}")
+def _check_labels(path: Path, labels: np.ndarray, n: int, spec: CifarSpec) -> np.ndarray:
+    top = spec.num_classes - 1
+    if labels.ndim != 1 or len(labels) != n:
+        raise DataError(f"{path}: expected {n} labels, found shape {labels.shape}")
     if labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: labels must be integers 0..{NUM_CLASSES - 1}, found dtype {labels.dtype}")
-    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+        raise DataError(f"{path}: labels must be integers 0..{top}, found dtype {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels > top))
     if len(bad):
+        larger = [s for s in SPECS.values() if s.num_classes > labels.max() >= spec.num_classes]
+        hint = f"; is this {larger[0].title}? (dataset: {larger[0].name})" if larger and labels.min() >= 0 else ""
         raise DataError(
-            f"{path}: labels must be in 0..{NUM_CLASSES - 1}; found {labels[bad[0]]} at index {bad[0]} "
-            f"({len(bad)} bad labels)"
+            f"{path}: labels must be in 0..{top}; found {labels[bad[0]]} at index {bad[0]} "
+            f"({len(bad)} bad labels){hint}"
         )
     return labels.astype(np.int64)
 
 
-def read_python_batch(path: Path, per_batch: int) -> tuple[np.ndarray, np.ndarray]:
+def read_python_batch(path: Path, n: int, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A pickled batch of `n` images: its 'data' and its `spec.label_key` labels."""
     obj = safe_pickle.load(path)
+    key = spec.label_key
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a dict with 'data' and 'labels', found {type(obj).__name__}")
+        raise DataError(f"{path}: expected a dict with 'data' and '{key}', found {type(obj).__name__}")
     # Python 2 wrote byte-string keys; a re-pickled copy may have str keys.
     entries = {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
-    missing = [k for k in ("data", "labels") if k not in entries]
+    missing = [k for k in ("data", key) if k not in entries]
     if missing:
-        raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found {sorted(map(str, entries))}")
+        other = [s for s in SPECS.values() if s.label_key != key and s.label_key in entries]
+        hint = f" (a {other[0].title} file? dataset: {other[0].name})" if other else ""
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found {sorted(map(str, entries))}{hint}")
     data = entries["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (per_batch, IMAGE_BYTES):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (n, IMAGE_BYTES):
         found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape ({per_batch}, {IMAGE_BYTES}); found {found}")
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape ({n}, {IMAGE_BYTES}); found {found}")
     try:
-        labels = np.asarray(entries["labels"])
+        labels = np.asarray(entries[key])
     except Exception:
-        raise DataError(f"{path}: 'labels' is not a list of integers") from None
-    return data, _check_labels(path, labels, per_batch)
+        raise DataError(f"{path}: '{key}' is not a list of integers") from None
+    return data, _check_labels(path, labels, n, spec)
 
 
-def read_binary_batch(path: Path, per_batch: int) -> tuple[np.ndarray, np.ndarray]:
-    record = 1 + IMAGE_BYTES
-    expected = per_batch * record
+def read_binary_batch(path: Path, n: int, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A binary batch of `n` records: `spec.label_bytes` label bytes (the last is ours), then pixels."""
+    head = spec.label_bytes
+    record = head + IMAGE_BYTES
+    expected = n * record
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
@@ -166,52 +246,60 @@ def read_binary_batch(path: Path, per_batch: int) -> tuple[np.ndarray, np.ndarra
     if raw.size != expected:
         what = "truncated" if raw.size < expected else "too long"
         raise DataError(
-            f"{path}: {what}: {raw.size} bytes, expected {per_batch} records of {record} bytes ({expected} bytes)"
+            f"{path}: {what}: {raw.size} bytes, expected {n} records of {record} bytes ({expected} bytes)"
         )
-    records = raw.reshape(per_batch, record)
-    return np.ascontiguousarray(records[:, 1:]), _check_labels(path, records[:, 0], per_batch)
+    records = raw.reshape(n, record)
+    return np.ascontiguousarray(records[:, head:]), _check_labels(path, records[:, head - 1], n, spec)
 
 
 # ------------------------------------------------------------------------------------------
 # Folders and data sets
 
 
-def read_folder(folder: Path, layout: str, per_batch: int) -> tuple[np.ndarray, ...]:
-    """All six batches of a python or binary folder -> (train_x, train_y, test_x, test_y)."""
-    names = BATCH_FILES[layout]
+def read_folder(folder: Path, layout: str, per_batch: int,
+                spec: CifarSpec) -> tuple[np.ndarray, ...]:
+    """Every batch file of a python or binary folder -> (train_x, train_y, test_x, test_y).
+
+    The training files share TRAIN_BATCHES * per_batch images; the test file holds per_batch.
+    """
+    names = spec.files(layout)
     missing = [str(folder / n) for n in names if not (folder / n).is_file()]
     if missing:
         raise DataError(
-            f"missing batch file(s): {', '.join(missing)} (a {layout} CIFAR-10 folder has {', '.join(names)})"
+            f"missing batch file(s): {', '.join(missing)} (a {layout} {spec.title} folder has {', '.join(names)})"
         )
     reader = read_python_batch if layout == "python" else read_binary_batch
-    batches = [reader(folder / n, per_batch) for n in names]
-    train_x = np.concatenate([b[0] for b in batches[:TRAIN_BATCHES]]).reshape(-1, *IMAGE_SHAPE)
-    train_y = np.concatenate([b[1] for b in batches[:TRAIN_BATCHES]])
-    test_x, test_y = batches[TRAIN_BATCHES]
+    per_train_file = TRAIN_BATCHES * per_batch // len(spec.train_files[layout])
+    train = [reader(folder / n, per_train_file, spec) for n in spec.train_files[layout]]
+    test_x, test_y = reader(folder / spec.test_files[layout], per_batch, spec)
+    train_x = np.concatenate([b[0] for b in train]).reshape(-1, *IMAGE_SHAPE)
+    train_y = np.concatenate([b[1] for b in train])
     return train_x, train_y, test_x.reshape(-1, *IMAGE_SHAPE), test_y
 
 
-def arrays_from(train_x, train_y, test_x, test_y, *, source, layout, batches_dir=None,
+def arrays_from(train_x, train_y, test_x, test_y, *, source, layout, classes: tuple[str, ...], batches_dir=None,
                 names: tuple[str | None, str | None] | None = None) -> CifarArrays:
     """Wrap decoded arrays, computing both fingerprints; `names` overrides the lookup."""
     exact, content = fingerprints(train_x, train_y, test_x, test_y)
     name, content_name = names if names is not None else name_fingerprints(exact, content)
     return CifarArrays(train_x, train_y, test_x, test_y, source=str(source), layout=layout,
-                       fingerprint=exact, fingerprint_name=name, content_fingerprint=content,
-                       content_fingerprint_name=content_name, batches_dir=str(batches_dir or source))
+                       fingerprint=exact, fingerprint_name=name, classes=tuple(classes),
+                       content_fingerprint=content, content_fingerprint_name=content_name,
+                       batches_dir=str(batches_dir or source))
 
 
-def read_cifar10(layout: str, source: str | Path, folder: str | Path, per_batch: int = PER_BATCH) -> CifarArrays:
+def read_cifar(spec: CifarSpec, layout: str, source: str | Path, folder: str | Path,
+               per_batch: int = PER_BATCH) -> CifarArrays:
     """Read the batches of `folder`: `source` itself, or for a tarball the folder it was extracted into.
 
-    Every batch must hold exactly `per_batch` images (10,000 in the real data set;
-    tests use tiny fixtures).
+    The test file holds exactly `per_batch` images and the training files 5 x `per_batch`
+    (10,000 in the real data sets; tests use tiny fixtures).
     """
     if layout != "tarball":
-        return arrays_from(*read_folder(Path(folder), layout, per_batch), source=source, layout=layout)
+        arrays = read_folder(Path(folder), layout, per_batch, spec)
+        return arrays_from(*arrays, source=source, layout=layout, classes=spec.classes)
     try:
-        arrays = read_folder(Path(folder), "python", per_batch)
+        arrays = read_folder(Path(folder), "python", per_batch, spec)
     except DataError as e:
         raise DataError(f"{source}: {e} (delete {folder} to extract the tarball again)") from None
-    return arrays_from(*arrays, source=source, layout="tarball", batches_dir=folder)
+    return arrays_from(*arrays, source=source, layout="tarball", classes=spec.classes, batches_dir=folder)

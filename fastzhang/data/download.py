@@ -1,11 +1,14 @@
-"""Find CIFAR-10 on disk, download it when absent, extract the tarball once into a cache.
+"""Find CIFAR-10 or CIFAR-100 on disk, download it when absent, extract the tarball once into a cache.
 
-This module finds (or fetches) the files; data/cifar.py reads them. `find_or_fetch`
-gives what an experiment reads, `batches_folder` the folder of batch files in it.
+This module finds (or fetches) the files; data/cifar.py reads them and its
+`CifarSpec` names them. `find_or_fetch` gives what an experiment reads,
+`batches_folder` the folder of batch files in it.
 
 Where: `--data-dir`, else $FASTZHANG_DATA, else `./data`. That folder may hold
-`cifar-10-batches-py/`, `cifar-10-batches-bin/` or `cifar-10-python.tar.gz`, or
-be a batches folder (or the tarball) itself.
+`cifar-10-batches-py/`, `cifar-10-batches-bin/` or `cifar-10-python.tar.gz` (CIFAR-100:
+`cifar-100-python/`, `cifar-100-binary/`, `cifar-100-python.tar.gz`; both may share it),
+or be a batches folder (or the tarball) itself. A batches folder or tarball of the other
+data set, given for this one, is refused before anything is downloaded.
 
 When to download: into the default `./data` (created if needed) or into an
 existing folder that lacks the data. A folder named by `--data-dir` or
@@ -39,15 +42,21 @@ from urllib.request import urlopen
 
 from tqdm import tqdm
 
-from fastzhang.data.cifar import BATCH_FILES
+from fastzhang.data.cifar import LAYOUTS, SPECS, CifarSpec
 from fastzhang.errors import DataError
 from fastzhang.log import info
 
+# The official releases; read at call time (`official`), so tests point them at a local server.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-TARBALL = "cifar-10-python.tar.gz"
-FOLDERS = {"python": "cifar-10-batches-py", "binary": "cifar-10-batches-bin"}
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CHUNK = 1 << 20
+
+
+def official(spec: CifarSpec) -> tuple[str, str]:
+    """(url, md5) of the official python tarball of `spec`'s data set."""
+    return {"cifar10": (CIFAR10_URL, CIFAR10_MD5), "cifar100": (CIFAR100_URL, CIFAR100_MD5)}[spec.name]
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,14 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(chosen).expanduser()
 
 
-def refuse_missing_named_folder(root: Path, data_dir: str | Path | None) -> None:
+def refuse_missing_named_folder(root: Path, data_dir: str | Path | None, spec: CifarSpec) -> None:
     """DataError if the user named `root` (flag or $FASTZHANG_DATA) and it does not exist."""
     named = data_dir or os.environ.get("FASTZHANG_DATA")
     if named and not os.path.lexists(root):
         source = "--data-dir / data_dir" if data_dir else "FASTZHANG_DATA"
         raise DataError(
             f"{root}: no such folder (named by {source}); fix the path, or create the folder "
-            "to download CIFAR-10 into it"
+            f"to download {spec.title} into it"
         )
 
 
@@ -81,60 +90,86 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "fastzhang"
 
 
-def find_or_fetch(data_dir: str | Path | None, *, download: bool = True) -> Located:
-    """CIFAR-10 in the data folder (flag, $FASTZHANG_DATA or ./data), downloaded there when absent.
+def find_or_fetch(data_dir: str | Path | None, spec: CifarSpec, *, download: bool = True) -> Located:
+    """`spec`'s data set in the data folder (flag, $FASTZHANG_DATA or ./data), downloaded there when absent.
 
-    DataError when it is absent and `download` is off, or the folder was named but does not exist.
+    DataError when it is absent and `download` is off, the folder was named but does not
+    exist, or it is the other data set's batches folder or tarball.
     """
     root = resolve_data_dir(data_dir)
-    found = locate(root)
+    found = locate(root, spec)
     if found is not None:
         return found
+    refuse_other_data_set(root, spec)
     if not download:
-        raise DataError(nothing_found(root))
-    refuse_missing_named_folder(root, data_dir)
-    return Located("tarball", _absolute(download_cifar10(root)))
+        raise DataError(nothing_found(root, spec))
+    refuse_missing_named_folder(root, data_dir, spec)
+    return Located("tarball", _absolute(fetch_tarball(root, spec)))
 
 
-def find(root: str | Path) -> Located:
-    """CIFAR-10 in `root` (a data folder, a batches folder or the tarball); DataError if none."""
-    found = locate(root)
+def find(root: str | Path, spec: CifarSpec) -> Located:
+    """`spec`'s data set in `root` (a data folder, a batches folder or the tarball); DataError if none."""
+    found = locate(root, spec)
     if found is None:
-        raise DataError(nothing_found(Path(root)))
+        refuse_other_data_set(Path(root), spec)
+        raise DataError(nothing_found(Path(root), spec))
     return found
 
 
-def batches_folder(found: Located) -> Path:
+def batches_folder(found: Located, spec: CifarSpec) -> Path:
     """The folder of batch files: the one found, or the tarball's extraction in the cache."""
-    return extract_tarball(found.path) if found.layout == "tarball" else found.path
+    return extract_tarball(found.path, spec) if found.layout == "tarball" else found.path
 
 
 def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))  # ".." folded, symlinks kept
 
 
-def locate(root: str | Path) -> Located | None:
-    """What `root` holds, preferring folders (no extraction) over the tarball; None if nothing."""
+def locate(root: str | Path, spec: CifarSpec) -> Located | None:
+    """What `root` holds of `spec`'s data set, preferring folders (no extraction) over the tarball."""
     root = _absolute(root)
     if root.is_file():
-        return Located("tarball", root) if root.name.endswith((".tar.gz", ".tgz")) else None
+        tarball = root.name.endswith((".tar.gz", ".tgz")) and _other_tarball(root, spec) is None
+        return Located("tarball", root) if tarball else None
     if not root.is_dir():
         return None
-    for layout, folder in FOLDERS.items():  # root is itself a batches folder
-        if root.name == folder or any((root / n).is_file() for n in BATCH_FILES[layout]):
+    for layout in LAYOUTS:  # root is itself a batches folder
+        if root.name == spec.folders[layout] or any((root / n).is_file() for n in spec.files(layout)):
             return Located(layout, root)
-    for layout, folder in FOLDERS.items():
-        if (root / folder).is_dir():
-            return Located(layout, root / folder)
-    if (root / TARBALL).is_file():
-        return Located("tarball", root / TARBALL)
+    for layout in LAYOUTS:
+        if (root / spec.folders[layout]).is_dir():
+            return Located(layout, root / spec.folders[layout])
+    if (root / spec.tarball).is_file():
+        return Located("tarball", root / spec.tarball)
     return None
 
 
-def nothing_found(root: Path) -> str:
+def _other_tarball(path: Path, spec: CifarSpec) -> CifarSpec | None:
+    return next((s for s in SPECS.values() if s is not spec and path.name == s.tarball), None)
+
+
+def refuse_other_data_set(root: Path, spec: CifarSpec) -> None:
+    """DataError if `root` is another data set's tarball or batches folder (by name, or holding all its files).
+
+    Without this, CIFAR-10 asked of a CIFAR-100 folder would be downloaded into it.
+    """
+    root = _absolute(root)
+    for other in SPECS.values():
+        if other is spec:
+            continue
+        holds = root.is_file() and root.name == other.tarball
+        for layout in LAYOUTS if root.is_dir() else ():
+            holds |= root.name == other.folders[layout]
+            holds |= all((root / n).is_file() for n in other.files(layout))
+        if holds:
+            raise DataError(f"{root}: this is {other.title}, not {spec.title}; "
+                            f"use dataset {other.name}, or point --data-dir at {spec.title}")
+
+
+def nothing_found(root: Path, spec: CifarSpec) -> str:
     return (
-        f"no CIFAR-10 in {root}: put {TARBALL}, {FOLDERS['python']}/ or {FOLDERS['binary']}/ there, "
-        "or point --data-dir / FASTZHANG_DATA at a folder that has them"
+        f"no {spec.title} in {root}: put {spec.tarball}, {spec.folders['python']}/ or {spec.folders['binary']}/ "
+        "there, or point --data-dir / FASTZHANG_DATA at a folder that has them"
     )
 
 
@@ -150,7 +185,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def extract_tarball(tarball: str | Path) -> Path:
+def extract_tarball(tarball: str | Path, spec: CifarSpec) -> Path:
     """The python batches folder of `tarball`, extracted into the cache on first use."""
     tarball = Path(tarball)
     cache = cache_dir()
@@ -158,7 +193,7 @@ def extract_tarball(tarball: str | Path) -> Path:
         digest = file_sha256(tarball)
     except OSError as e:
         raise DataError(f"{tarball}: cannot read ({e.strerror or e})") from None
-    final = cache / f"{FOLDERS['python']}-{digest[:32]}"
+    final = cache / f"{spec.folders['python']}-{digest[:32]}"
     if final.is_dir():
         return final
     try:
@@ -169,7 +204,7 @@ def extract_tarball(tarball: str | Path) -> Path:
                         "set FASTZHANG_CACHE to a writable folder") from None
     try:
         info(f"extracting {tarball} into {final}")
-        _extract_members(tarball, tmp)
+        _extract_members(tarball, tmp, spec)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -182,9 +217,10 @@ def extract_tarball(tarball: str | Path) -> Path:
     return final
 
 
-def _extract_members(tarball: Path, dest: Path) -> None:
+def _extract_members(tarball: Path, dest: Path, spec: CifarSpec) -> None:
     """Copy the batch files out of the archive by name: no member picks its own path."""
-    wanted = {f"{FOLDERS['python']}/{n}": n for n in BATCH_FILES["python"] + ("batches.meta",)}
+    folder = spec.folders["python"]
+    wanted = {f"{folder}/{n}": n for n in spec.files("python") + (spec.meta,)}
     got = set()
     try:
         with tarfile.open(tarball, "r:gz") as tar:
@@ -197,7 +233,7 @@ def _extract_members(tarball: Path, dest: Path) -> None:
                 got.add(name)
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise DataError(f"{tarball}: not a readable gzip tarball ({e or type(e).__name__}); is it truncated?") from None
-    missing = [f"{FOLDERS['python']}/{n}" for n in BATCH_FILES["python"] if n not in got]
+    missing = [f"{folder}/{n}" for n in spec.files("python") if n not in got]
     if missing:
         raise DataError(f"{tarball}: archive lacks {', '.join(missing)}")
 
@@ -206,42 +242,43 @@ def _extract_members(tarball: Path, dest: Path) -> None:
 # Download
 
 
-def download_cifar10(root: str | Path) -> Path:
-    """Download the official tarball into `root` (progress bar on stderr, md5 checked)."""
+def fetch_tarball(root: str | Path, spec: CifarSpec) -> Path:
+    """Download `spec`'s official tarball into `root` (progress bar on stderr, md5 checked)."""
     root = Path(root)
-    url, md5 = CIFAR10_URL, CIFAR10_MD5  # read at call time: tests point them at a local server
-    dest = root / TARBALL
+    url, md5 = official(spec)
+    tarball = spec.tarball
+    dest = root / tarball
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{TARBALL}.", suffix=".part", dir=root)
+        fd, tmp = tempfile.mkstemp(prefix=f".{tarball}.", suffix=".part", dir=root)
     except OSError as e:
-        raise DataError(f"{root}: no CIFAR-10 here and cannot download into it ({e.strerror or e}); "
-                        f"put {TARBALL} there or choose another --data-dir") from None
-    info(f"no CIFAR-10 in {root}; downloading {url}")
+        raise DataError(f"{root}: no {spec.title} here and cannot download into it ({e.strerror or e}); "
+                        f"put {tarball} there or choose another --data-dir") from None
+    info(f"no {spec.title} in {root}; downloading {url}")
     try:
         with os.fdopen(fd, "wb") as out:
-            got = _stream(url, out)
+            got = _stream(url, out, tarball)
             out.flush()
             os.fsync(out.fileno())
         if got != md5:
             raise DataError(f"{url}: downloaded file has md5 {got}, expected {md5}; discarded it. "
-                            f"Retry, or put {TARBALL} in {root} yourself")
+                            f"Retry, or put {tarball} in {root} yourself")
         os.replace(tmp, dest)
     except (URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e.strerror or e
-        raise DataError(f"cannot download CIFAR-10 from {url} ({reason}); {nothing_found(root)}") from None
+        raise DataError(f"cannot download {spec.title} from {url} ({reason}); {nothing_found(root, spec)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
 
 
-def _stream(url: str, out) -> str:
+def _stream(url: str, out, name: str) -> str:
     """Copy `url` into `out` with a tqdm bar; returns the md5 hex of what was written."""
     h = hashlib.md5(usedforsecurity=False)
     with urlopen(url, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=TARBALL) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 h.update(chunk)

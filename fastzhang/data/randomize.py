@@ -4,7 +4,8 @@ Every draw comes from a named CPU stream (data/seeds.py), so a randomized data
 set is a function of the seed alone, bit-identical on every machine, drawn once
 before training and never changed. Streams:
 
-* labels:          rng(seed, "labels"): first n uniforms u, then n classes c in 0..9;
+* labels:          rng(seed, "labels"): first n uniforms u, then n classes c in 0..K-1
+                   (K = the data set's class count: 10, or 100 for CIFAR-100);
                    label i becomes c[i] where u[i] < p. The draws do not depend on p,
                    so random_labels (p = 1) replaces every label with the same c, and
                    the labels corrupted at level p are a subset of those at p' > p.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 
 from fastzhang.data.choices import RANDOMIZATIONS
-from fastzhang.data.cifar import NUM_CLASSES
 from fastzhang.data.seeds import rng
 from fastzhang.errors import UsageError
 
@@ -33,8 +33,12 @@ SHUFFLED, RANDOM, GAUSSIAN = 1, 2, 3  # sub-streams of "pixels"
 CHUNK = 4096  # images per vectorized step: bounds memory; results do not depend on it
 
 
-def randomize(train_images, train_labels, test_images, test_labels, *, kind: str, corrupt_prob: float, seed: int):
-    """-> (train_images, train_labels, test_images, test_labels), randomized as `kind` says."""
+def randomize(train_images, train_labels, test_images, test_labels, *, kind: str, corrupt_prob: float, seed: int,
+              num_classes: int):
+    """-> (train_images, train_labels, test_images, test_labels), randomized as `kind` says.
+
+    Random labels are drawn from 0..num_classes-1: the data set's classes (CifarArrays.num_classes).
+    """
     if kind not in RANDOMIZATIONS:
         raise UsageError(f"randomization must be one of {', '.join(RANDOMIZATIONS)}; got {kind!r}")
     if not 0.0 <= corrupt_prob <= 1.0:
@@ -47,7 +51,7 @@ def randomize(train_images, train_labels, test_images, test_labels, *, kind: str
         raise UsageError(f"corrupt_prob applies only to randomization 'partial'; got {kind!r}")
 
     if kind in ("partial", "random_labels"):
-        return train_images, corrupt_labels(train_labels, corrupt_prob, seed), test_images, test_labels
+        return train_images, corrupt_labels(train_labels, corrupt_prob, seed, num_classes), test_images, test_labels
     if kind == "shuffled_pixels":
         perm = rng(seed, "pixels", SHUFFLED).permutation(POSITIONS)
         return shuffle_pixels(train_images, perm), train_labels, shuffle_pixels(test_images, perm), test_labels
@@ -61,12 +65,12 @@ def randomize(train_images, train_labels, test_images, test_labels, *, kind: str
     return train_images, train_labels, test_images, test_labels
 
 
-def corrupt_labels(labels: np.ndarray, p: float, seed: int) -> np.ndarray:
-    """Each label independently with probability p becomes a uniform class (maybe the same one)."""
+def corrupt_labels(labels: np.ndarray, p: float, seed: int, num_classes: int) -> np.ndarray:
+    """Each label independently with probability p becomes a uniform class of 0..num_classes-1 (maybe the same)."""
     g = rng(seed, "labels")
     n = len(labels)
     replace = g.random(n) < p  # u in [0, 1): p = 1 replaces all, p = 0 none
-    drawn = g.integers(0, NUM_CLASSES, size=n, dtype=np.int64)
+    drawn = g.integers(0, num_classes, size=n, dtype=np.int64)
     return np.where(replace, drawn, np.asarray(labels, dtype=np.int64))
 
 

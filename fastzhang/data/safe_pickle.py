@@ -1,4 +1,4 @@
-"""A restricted unpickler for the python layout of CIFAR-10.
+"""A restricted unpickler for the python layout of CIFAR-10 and CIFAR-100.
 
 `pickle.load` runs whatever callable a file names, so a crafted `data_batch_1`
 could execute code the moment it is read. The official batches (protocol-2
@@ -32,7 +32,7 @@ ALLOWED = {
 
 
 class ForbiddenGlobal(pickle.UnpicklingError):
-    """The pickle names a global that a CIFAR-10 batch never contains."""
+    """The pickle names a global that a CIFAR batch never contains."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -55,11 +55,11 @@ def load(path: str | Path) -> Any:
             return RestrictedUnpickler(f, encoding="bytes").load()
     except ForbiddenGlobal as e:
         raise DataError(
-            f"{path}: refused to unpickle: it asks for {e}, which a CIFAR-10 batch never contains "
+            f"{path}: refused to unpickle: it asks for {e}, which a CIFAR batch never contains "
             "(only numpy arrays are allowed); the file is corrupt or was crafted"
         ) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except Exception as e:  # any failure to decode garbage is a bad file, never a crash
         reason = "file is truncated" if isinstance(e, EOFError) else f"{type(e).__name__}: {e}"
-        raise DataError(f"{path}: not a readable CIFAR-10 pickle ({reason})") from None
+        raise DataError(f"{path}: not a readable CIFAR pickle ({reason})") from None

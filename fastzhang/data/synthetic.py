@@ -12,26 +12,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastzhang.data.cifar import NUM_CLASSES, CifarArrays, arrays_from
+from fastzhang.data.cifar import CIFAR10, CifarArrays, arrays_from
 
 SEED = 20170224  # fixed: the data set, not the experiment, owns this seed
 NUM_TRAIN, NUM_TEST = 1024, 256
+SYNTHETIC_CLASSES = CIFAR10.classes  # CIFAR-shaped: ten classes, named like CIFAR-10's
 PATTERN, NOISE = 40.0, 35.0  # pixel units: class signal and per-pixel noise
 
 
 def make_synthetic(num_train: int = NUM_TRAIN, num_test: int = NUM_TEST) -> CifarArrays:
     """The synthetic data set (layout "synthetic", fingerprint named "synthetic")."""
     g = np.random.Generator(np.random.PCG64(SEED))
-    coarse = g.standard_normal((NUM_CLASSES, 3, 4, 4), dtype=np.float32)
+    coarse = g.standard_normal((len(SYNTHETIC_CLASSES), 3, 4, 4), dtype=np.float32)
     patterns = PATTERN * coarse.repeat(8, axis=2).repeat(8, axis=3)
     train_x, train_y = _draw(g, patterns, num_train)
     test_x, test_y = _draw(g, patterns, num_test)
     return arrays_from(train_x, train_y, test_x, test_y, source="synthetic", layout="synthetic",
-                       names=("synthetic", "synthetic"))
+                       classes=SYNTHETIC_CLASSES, names=("synthetic", "synthetic"))
 
 
 def _draw(g: np.random.Generator, patterns: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    labels = g.permutation(np.arange(n, dtype=np.int64) % NUM_CLASSES)  # balanced classes
+    labels = g.permutation(np.arange(n, dtype=np.int64) % len(patterns))  # balanced classes
     contrast = g.uniform(0.7, 1.3, size=(n, 1, 1, 1)).astype(np.float32)
     brightness = g.uniform(-30.0, 30.0, size=(n, 1, 1, 1)).astype(np.float32)
     x = g.standard_normal((n, 3, 32, 32), dtype=np.float32)

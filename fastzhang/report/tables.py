@@ -16,11 +16,12 @@ from typing import Any, Callable, Iterable
 from fastzhang.config import ExperimentConfig
 from fastzhang.errors import UsageError
 from fastzhang.models.registry import display_name
-from fastzhang.report.paper import CHANCE_ACC, TABLE1, Table1Row
+from fastzhang.report.paper import TABLE1, Table1Row, chance_acc
 
 # Identity settings that are not part of a row's definition; the fewer differ
 # from the defaults, the closer a run is to the paper's schedule.
-SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "stop_at_train_acc")
+SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "stop_at_train_acc",
+                   "early_stop_patience", "early_stop_min_epochs")
 _DEFAULTS = ExperimentConfig()
 NOT_RUN = "not run"
 
@@ -99,7 +100,9 @@ def diff(ours: Any, paper: float) -> str:
 
 def epochs_text(run: FinishedRun) -> str:
     text = str(run.epochs)
-    return text + " (stopped: fit)" if run.payload.get("stopped_early") else text
+    if not run.payload.get("stopped_early"):
+        return text
+    return text + (" (stopped: early)" if run.metrics.get("early_stop_epoch") is not None else " (stopped: fit)")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -118,13 +121,17 @@ def table1_match(row: Table1Row, runs: list[FinishedRun]) -> FinishedRun | None:
     return pick(runs, wanted)
 
 
+def table1_runs(runs: list[FinishedRun]) -> list[tuple[Table1Row, FinishedRun | None]]:
+    """Each Table 1 row, in the paper's order, with the run that stands for it."""
+    return [(row, table1_match(row, runs)) for row in TABLE1]
+
+
 def table1_section(runs: list[FinishedRun]) -> list[str]:
     header = ["Model", "Random crop", "Weight decay", "Paper train", "Paper test",
               "Ours train", "Ours test", "Δ train", "Δ test", "Epochs", "Experiment"]
     rows, done = [], 0
-    for row in TABLE1:
+    for row, run in table1_runs(runs):
         yes_no = ["yes" if row.random_crop else "no", "yes" if row.weight_decay else "no"]
-        run = table1_match(row, runs)
         if run is None:
             rows.append([row.label, *yes_no, row.train, row.test, NOT_RUN, NOT_RUN, "—", "—", "—", "—"])
             continue
@@ -146,14 +153,18 @@ def table1_section(runs: list[FinishedRun]) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # Demo, unfinished runs, damaged files
 
-def demo_runs(runs: list[FinishedRun]) -> list[FinishedRun]:
-    """The newest completed run of each experiment trained on a subset (the CPU demo's kind)."""
+def latest_runs(runs: list[FinishedRun]) -> list[FinishedRun]:
+    """The newest completed run of each experiment, by experiment ID."""
     newest: dict[str, FinishedRun] = {}
     for run in runs:
-        if run.completed and run.cfg.train_subset is not None:
-            if run.experiment_id not in newest or run.order > newest[run.experiment_id].order:
-                newest[run.experiment_id] = run
+        if run.completed and (run.experiment_id not in newest or run.order > newest[run.experiment_id].order):
+            newest[run.experiment_id] = run
     return sorted(newest.values(), key=lambda r: r.experiment_id)
+
+
+def demo_runs(runs: list[FinishedRun]) -> list[FinishedRun]:
+    """The newest completed run of each experiment trained on a subset (the CPU demo's kind)."""
+    return [r for r in latest_runs(runs) if r.cfg.train_subset is not None]
 
 
 def labels_text(cfg: ExperimentConfig) -> str:
@@ -174,7 +185,7 @@ def demo_section(runs: list[FinishedRun], figure: str | None) -> list[str]:
         if r.cfg.randomization != "none":
             lines.append(f"- {display_name(r.cfg.model)}, {labels_text(r.cfg)}: train "
                          f"accuracy {pct(r.metrics['final_train_acc'])}% against test accuracy "
-                         f"{pct(r.metrics['final_test_acc'])}% (chance: {CHANCE_ACC:g}%).")
+                         f"{pct(r.metrics['final_test_acc'])}% (chance: {chance_acc(r.cfg.dataset):g}%).")
     if figure:
         lines += ["", f"![Demo: train and test accuracy per epoch]({figure})"]
     return lines + [""]

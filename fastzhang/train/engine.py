@@ -17,8 +17,10 @@ import torch
 from tqdm import tqdm
 
 from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
+from fastzhang.data.sources import classes
 from fastzhang.models.build import build_model
 from fastzhang.results import METRIC_SERIES as METRIC_KEYS  # the results file's series, one row per epoch
+from fastzhang.results import improved_epoch
 from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
 EVAL_BATCH = 1000
@@ -52,7 +54,7 @@ def build_run(cfg, device: torch.device, speed: Speed) -> Run:
     Weight decay, when set, applies to every trainable tensor (PyTorch's SGD
     convention); the paper gives no value (recipes state 5e-4 as a choice).
     """
-    model = build_model(cfg.model, seed=cfg.seed).to(device)
+    model = build_model(cfg.model, num_classes=len(classes(cfg.dataset)), seed=cfg.seed).to(device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Under CUDA graphs the learning rate lives in a float32 device tensor (what fused
@@ -84,17 +86,46 @@ class Hooks:
 
 
 def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
-    """Train until the target epoch or the fit threshold; False if interrupted by a stop request."""
+    """Train until the target epoch, the fit threshold or early stopping; False if interrupted by a stop request."""
     step_fn = TrainStep(run.model, run.optimizer, speed, on_fallback=hooks.on_fallback)
-    while run.epoch < cfg.epochs and not run.fitted:
+    while not finished(cfg, run):
         if not _train_epoch(cfg, run, data, loader, speed, step_fn, hooks):
             return False
         row = _finish_epoch(cfg, run, data, speed)
         hooks.save(False)
         hooks.on_epoch(row)
         if hooks.stop_requested():
-            return run.epoch >= cfg.epochs or run.fitted
+            return finished(cfg, run)
     return True
+
+
+def finished(cfg, run: Run) -> bool:
+    """No epoch is left to train: the target epoch is done, or a stopping rule has ended the run."""
+    return end_cause(cfg, run) is not None
+
+
+def end_cause(cfg, run: Run) -> str | None:
+    """Why no epoch is left: "epochs" (the target), "fit" (stop_at_train_acc), "early_stopping"; else None.
+
+    A function of the finished epochs' metrics, so a run resumed at any point ends where it would have.
+    """
+    if run.epoch >= cfg.epochs:
+        return "epochs"
+    if run.fitted:
+        return "fit"
+    if early_stop_due(cfg, run.metrics["epochs"], run.metrics["test_acc"]):
+        return "early_stopping"
+    return None
+
+
+def early_stop_due(cfg, epochs: list, test_acc: list) -> bool:
+    """Early stopping: from epoch early_stop_min_epochs on, stop once the best test accuracy is
+    early_stop_patience epochs old, counted from the epoch that first reached it (results.improved_epoch)."""
+    if cfg.early_stop_patience is None or not epochs:
+        return False
+    last = epochs[-1]
+    return last >= cfg.early_stop_min_epochs and last - (improved_epoch(epochs, test_acc) or 0) >= \
+        cfg.early_stop_patience
 
 
 def _train_epoch(cfg, run: Run, data, loader, speed: Speed, step_fn: TrainStep, hooks: Hooks) -> bool:

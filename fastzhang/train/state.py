@@ -11,7 +11,7 @@ through this module. docs/architecture.md shows SCHEMA as a table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,13 +82,7 @@ def is_best(run: Run, mid_epoch: bool) -> bool:
 def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
     """`payload` if it was written by exactly the experiment `cfg`; else a UsageError naming `path`."""
     missing = [key for key in REQUIRED if key not in payload]
-    if "config" in missing:
-        raise UsageError(f"checkpoint {path} has no config: it was not written by `fastzhang run`")
-    try:
-        stored = ExperimentConfig.from_mapping(payload["config"], source=str(path))
-    except UsageError as e:
-        raise UsageError(f"checkpoint {path} holds an unreadable config ({e})") from None
-    theirs, ours = stored.identity(), cfg.identity()
+    theirs, ours = stored_config(payload, path).identity(), cfg.identity()
     diff = [f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
     if diff:
         raise UsageError(
@@ -98,6 +92,16 @@ def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
     if missing:
         raise UsageError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by `fastzhang run`")
     return payload
+
+
+def stored_config(payload: dict, path: Path) -> ExperimentConfig:
+    """The configuration a checkpoint was written with (`run --resume-from PATH` alone continues it)."""
+    if "config" not in payload:
+        raise UsageError(f"checkpoint {path} has no config: it was not written by `fastzhang run`")
+    try:
+        return ExperimentConfig.from_mapping(payload["config"], source=str(path))
+    except UsageError as e:
+        raise UsageError(f"checkpoint {path} holds an unreadable config ({e})") from None
 
 
 def check_data(payload: dict, fingerprint: str, source: str) -> None:
@@ -120,15 +124,32 @@ class Progress:
     step_in_epoch: int
     best_test_acc: float | None
     last_test_acc: float | None  # of the last finished epoch
+    last_train_acc: float | None = None
+    images_per_second: float | None = None  # of the last finished epoch
+    metrics: dict = field(default_factory=dict)  # the per-epoch series so far (results.METRIC_SERIES)
+
+    @property
+    def last_epoch_seconds(self) -> float | None:
+        times = self.metrics.get("epoch_seconds") or [None]
+        return times[-1] if isinstance(times[-1], (int, float)) else None
+
+    @property
+    def seconds_left(self) -> float | None:
+        """The epochs still to train times the last epoch's time (an estimate; None before one epoch)."""
+        if self.last_epoch_seconds is None or self.epoch is None or self.target_epochs is None:
+            return None
+        return max(0, self.target_epochs - self.epoch) * self.last_epoch_seconds
 
 
 def progress(payload: dict) -> Progress:
     """What a verified checkpoint says about its run; tolerant of missing keys (status shows '?')."""
-    test_acc = (payload.get("all_metrics") or {}).get("test_acc") or [None]
+    metrics = {k: list(v) for k, v in (payload.get("all_metrics") or {}).items() if isinstance(v, list)}
+    last = {key: (metrics.get(key) or [None])[-1] for key in ("test_acc", "train_acc", "images_per_second")}
     return Progress(
         epoch=payload.get("epoch"), target_epochs=(payload.get("config") or {}).get("epochs"),
         step_in_epoch=payload.get("step_in_epoch") or 0, best_test_acc=payload.get("best_test_acc"),
-        last_test_acc=test_acc[-1],
+        last_test_acc=last["test_acc"], last_train_acc=last["train_acc"],
+        images_per_second=last["images_per_second"], metrics=metrics,
     )
 
 

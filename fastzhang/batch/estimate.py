@@ -1,0 +1,151 @@
+"""What each task of a batch would do, and how long the batch has left.
+
+`intents` reads, without writing anything, where every task stands: completed
+(a results file says so), busy elsewhere (its lock is held), resumable at some
+epoch (a verified checkpoint), or new. `EpochClock` knows how long an epoch of a
+kind of experiment takes, from the epoch times recorded in earlier results
+files and in the checkpoints of the batch's own runs: the same model, data set,
+training subset and kind of device (cpu / cuda). An estimate is a sum of epochs
+left times those epoch times, divided among the runs that go at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+
+from fastzhang.batch.plan import BatchOptions, Task
+from fastzhang.runlog import duration
+
+RUN, RESUME, SKIP, BUSY = "run", "resume", "skip", "busy"
+
+
+@dataclass(frozen=True)
+class Intent:
+    task: Task
+    action: str  # RUN | RESUME | SKIP | BUSY
+    epoch: int = 0  # epochs already done (RESUME)
+    steps: int = 0  # steps into the next epoch (RESUME)
+
+    @property
+    def epochs_left(self) -> int:
+        return 0 if self.action in (SKIP, BUSY) else self.task.config.epochs - self.epoch
+
+    def describe(self) -> str:
+        epochs = self.task.config.epochs
+        if self.action == SKIP:
+            return "skip: already completed"
+        if self.action == BUSY:
+            return "busy elsewhere: another process holds its lock"
+        if self.action == RESUME:
+            return f"resume after epoch {self.epoch} of {epochs}" + (f" (+{self.steps} steps)" if self.steps else "")
+        return f"run from scratch: {epochs} epoch(s)"
+
+
+def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> list[Intent]:
+    """Where each task stands now; reads results, locks and checkpoints, writes nothing.
+
+    `ours`: the batch runs these itself right now, so a held lock is its own run's.
+    """
+    from fastzhang import checkpoint, lock, results
+    from fastzhang.train.state import progress
+
+    out = []
+    for task in tasks:
+        eid = task.experiment_id
+        if not opts.force and results.find_completed(opts.results_dir, eid, report=False):
+            out.append(Intent(task, SKIP))
+        elif not ours and lock.is_held(opts.checkpoint_dir, eid):
+            out.append(Intent(task, BUSY))
+        else:
+            payload = None if opts.force else checkpoint.inspect_latest(
+                checkpoint.latest_path(opts.checkpoint_dir, eid))[0]
+            seen = progress(payload) if payload is not None else None
+            if seen is not None and seen.epoch is not None and (seen.epoch or seen.step_in_epoch):
+                out.append(Intent(task, RESUME, seen.epoch, seen.step_in_epoch))
+            else:
+                out.append(Intent(task, RUN))
+    return out
+
+
+def device_kind(device: str, gpus_visible: bool) -> str:
+    """"cuda" or "cpu" for a config's `device` ("auto" follows the GPUs the batch sees)."""
+    if device == "auto":
+        return "cuda" if gpus_visible else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _kind_key(config: dict, kind: str) -> tuple:
+    return config.get("model"), config.get("dataset"), config.get("train_subset"), kind
+
+
+class EpochClock:
+    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far."""
+
+    def __init__(self, gpus_visible: bool):
+        self.gpus_visible = gpus_visible
+        self.seconds: dict[tuple, list[float]] = {}
+
+    def add(self, config: dict, kind: str, epoch_seconds: list) -> None:
+        times = [float(s) for s in epoch_seconds if isinstance(s, (int, float)) and s > 0]
+        if times:
+            self.seconds.setdefault(_kind_key(config, kind), []).extend(times)
+
+    def add_results(self, results_dir: Path) -> None:
+        from fastzhang import results
+
+        for entry in results.scan(results_dir):
+            if entry.payload is not None:
+                self.add(entry.payload["config"], _recorded_kind(entry.payload),
+                         entry.payload["metrics"].get("epoch_seconds", []))
+
+    def add_checkpoints(self, tasks: list[Task], checkpoint_dir: Path) -> None:
+        from fastzhang import checkpoint
+
+        for task in tasks:
+            payload = checkpoint.inspect_latest(checkpoint.latest_path(checkpoint_dir, task.experiment_id))[0]
+            if payload is not None:
+                self.add(task.config.to_dict(), self.kind(task), payload.get("all_metrics", {}).get("epoch_seconds", []))
+
+    def kind(self, task: Task) -> str:
+        return device_kind(task.config.device, self.gpus_visible)
+
+    def epoch_seconds(self, task: Task) -> float | None:
+        times = self.seconds.get(_kind_key(task.config.to_dict(), self.kind(task)))
+        return median(times) if times else None
+
+    def seconds_left(self, todo: list[Intent], at_once: int) -> tuple[float, int]:
+        """(estimated seconds for `todo` with `at_once` runs in parallel, tasks without an estimate)."""
+        total, unknown = 0.0, 0
+        for intent in todo:
+            per_epoch = self.epoch_seconds(intent.task)
+            if per_epoch is None:
+                unknown += intent.epochs_left > 0
+            else:
+                total += intent.epochs_left * per_epoch
+        return total / max(1, at_once), unknown
+
+
+def batch_time_left(opts: BatchOptions, gpus_visible: bool, at_once: int,
+                    queued: list[Task], running: list[Task]) -> str:
+    """The batch's time left, from everything measured so far (read afresh: runs finish meanwhile)."""
+    clock = EpochClock(gpus_visible)
+    clock.add_results(opts.results_dir)
+    clock.add_checkpoints(queued + running, opts.checkpoint_dir)
+    todo = intents(queued, opts) + intents(running, opts, ours=True)
+    return time_left_text(*clock.seconds_left(todo, at_once))
+
+
+def _recorded_kind(payload: dict) -> str:
+    """The device kind a results file was trained on (files before `execution` name the GPU model)."""
+    execution = payload.get("execution")
+    if isinstance(execution, dict) and isinstance(execution.get("device"), str):
+        return "cuda" if execution["device"].startswith("cuda") else "cpu"
+    named = str(payload.get("environment", {}).get("device", ""))
+    return "cuda" if "nvidia" in named.lower() or payload["config"].get("device", "").startswith("cuda") else "cpu"
+
+
+def time_left_text(seconds: float, unknown: int) -> str:
+    text = f"about {duration(seconds)} left"
+    return text + (f" (+{unknown} run(s) with no epoch time yet)" if unknown else "")

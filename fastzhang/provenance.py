@@ -1,0 +1,53 @@
+"""What a results file records about where it came from, beyond the requested settings.
+
+The config keeps what was asked (`device: auto`, `data_dir: null`); these are what
+was used: the processor or GPU model, the thread count, the data actually read and
+the code's git commit when it runs from a checkout.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+_CHECKOUT = Path(__file__).resolve().parent.parent  # the repository root when run from a checkout
+
+
+def device_name(device) -> str:
+    """The GPU's name for a CUDA device, else the CPU's model (Linux: /proc/cpuinfo)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def git_commit(root: Path = _CHECKOUT) -> str | None:
+    """HEAD of the checkout this code runs from, with `+dirty` if tracked files differ; None if installed."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def provenance(device, data_source: str) -> dict:
+    """The results' `execution` fields that say what this session actually used."""
+    import torch
+
+    return {"device_name": device_name(device), "threads": torch.get_num_threads(), "data_source": data_source,
+            "git_commit": git_commit()}

@@ -1,0 +1,76 @@
+"""The scorecard at the top of the report: how much of Table 1 is run, and how close it comes to the paper.
+
+A row is within tolerance when |ours − paper|, rounded to the paper's two
+decimals, is at most TEST_TOLERANCE points on test accuracy (TRAIN_TOLERANCE on
+train accuracy); an accuracy that is not a number (a diverged run) never is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastzhang.report.paper import TABLE1, Table1Row
+from fastzhang.report.tables import FinishedRun, table1_runs
+
+TEST_TOLERANCE = 1.5  # points of test accuracy
+TRAIN_TOLERANCE = 1.0  # points of train accuracy
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    rows: int  # Table 1 rows
+    run: int  # rows with a completed run
+    test_within: int
+    train_within: int
+    both_within: int
+    largest: tuple[float, str, Table1Row] | None  # (ours − paper, "train" | "test", row), largest |deviation|
+
+
+def _delta(ours: Any, paper: float) -> float | None:
+    return round(ours - paper, 2) if isinstance(ours, (int, float)) and ours == ours else None
+
+
+def _within(delta: float | None, tolerance: float) -> bool:
+    return delta is not None and abs(delta) <= tolerance
+
+
+def scorecard(runs: list[FinishedRun]) -> Scorecard:
+    run = test_within = train_within = both = 0
+    largest = None
+    for row, found in table1_runs(runs):
+        if found is None:
+            continue
+        run += 1
+        d_train = _delta(found.metrics["final_train_acc"], row.paper_train)
+        d_test = _delta(found.metrics["final_test_acc"], row.paper_test)
+        ok_test, ok_train = _within(d_test, TEST_TOLERANCE), _within(d_train, TRAIN_TOLERANCE)
+        test_within, train_within, both = test_within + ok_test, train_within + ok_train, both + (ok_test and ok_train)
+        for delta, which in ((d_train, "train"), (d_test, "test")):
+            if delta is not None and (largest is None or abs(delta) > abs(largest[0])):
+                largest = (delta, which, row)
+    return Scorecard(len(TABLE1), run, test_within, train_within, both, largest)
+
+
+def _row_text(row: Table1Row) -> str:
+    yes_no = lambda on: "yes" if on else "no"  # noqa: E731
+    return f"{row.label} (random crop {yes_no(row.random_crop)}, weight decay {yes_no(row.weight_decay)})"
+
+
+def scorecard_section(runs: list[FinishedRun]) -> list[str]:
+    card = scorecard(runs)
+    if card.largest is None:
+        largest = "none yet"
+    else:
+        delta, which, row = card.largest
+        largest = f"{delta:+.2f} points, {which} accuracy of {_row_text(row)}"
+    of_run = f" of {card.run}"
+    return [
+        "## Scorecard", "",
+        f"- Table 1 rows with a completed run: {card.run} of {card.rows}",
+        f"- test accuracy within {TEST_TOLERANCE:g} points of the paper: {card.test_within}{of_run}",
+        f"- train accuracy within {TRAIN_TOLERANCE:g} point{'s' if TRAIN_TOLERANCE != 1 else ''} of the paper: "
+        f"{card.train_within}{of_run}",
+        f"- both: {card.both_within}{of_run}",
+        f"- largest deviation from the paper: {largest}", "",
+    ]

@@ -1,0 +1,82 @@
+"""`fastzhang batch --dry-run` and the batch's time estimates."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import files_under, run_cli
+from fastzhang import checkpoint
+from fastzhang.batch import estimate
+from fastzhang.batch.plan import BatchOptions, Task
+from fastzhang.config import ExperimentConfig
+from fastzhang.data.batches import ResidentData
+from fastzhang.data.sources import load_dataset
+from fastzhang.experiment import RunOptions, run_experiment
+from fastzhang.train import engine, state
+from fastzhang.train.fastpath import Speed
+from fastzhang.train.loaders import make_loader
+
+RECIPE = "model: mlp1\ndataset: synthetic\ndevice: cpu\nbatch_size: 256\nepochs: {epochs}\nseed: {seed}\n"
+
+
+def _half_done(cfg: ExperimentConfig, ckpt) -> None:
+    """A checkpoint after the first of cfg.epochs epochs, as an interrupted run leaves it."""
+    arrays = load_dataset("synthetic", None)
+    data = ResidentData.build(arrays, randomization="none", corrupt_prob=0.0, seed=cfg.seed, train_subset=None,
+                              device="cpu")
+    one = cfg.replace(epochs=1)
+    speed = Speed(False, False, False, False)
+    run = engine.build_run(one, torch.device("cpu"), speed)
+    loader = make_loader("torch", data, one.batch_size, dtype=torch.float32, channels_last=False)
+    assert engine.train(one, run, data, loader, speed, engine.Hooks(save=lambda mid: None, quiet=True))
+    checkpoint.save(state.to_payload(run, cfg, arrays.fingerprint), checkpoint.latest_path(ckpt, cfg.experiment_id))
+
+
+def test_dry_run_says_skip_resume_and_run_and_writes_nothing(tmp_path, capsys, one_thread):
+    recipes, ckpt, res = tmp_path / "recipes", tmp_path / "checkpoints", tmp_path / "results"
+    recipes.mkdir()
+    for name, epochs, seed in (("a_done", 2, 0), ("b_half", 3, 1), ("c_new", 2, 2)):
+        (recipes / f"{name}.yaml").write_text(RECIPE.format(epochs=epochs, seed=seed))
+    done = ExperimentConfig.from_yaml(recipes / "a_done.yaml")
+    half = ExperimentConfig.from_yaml(recipes / "b_half.yaml")
+    fresh = ExperimentConfig.from_yaml(recipes / "c_new.yaml")
+    run_experiment(done, RunOptions(checkpoint_dir=ckpt, results_dir=res, quiet=True))
+    _half_done(half, ckpt)
+    before = files_under(tmp_path)
+
+    assert run_cli(["batch", recipes, "--dry-run", "--checkpoint-dir", ckpt, "--results-dir", res]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert files_under(tmp_path) == before
+    # One kind of experiment (mlp1, synthetic, cpu): the median of the completed run's two epochs and
+    # the half-done run's one; two epochs left for each of the other two.
+    clock = estimate.EpochClock(gpus_visible=False)
+    clock.add_results(res)
+    clock.add_checkpoints([Task(recipes / "b_half.yaml", half)], ckpt)
+    per_epoch = clock.epoch_seconds(Task(recipes / "c_new.yaml", fresh))
+    assert len(clock.seconds[("mlp1", "synthetic", None, "cpu")]) == 3 and per_epoch > 0
+    two = estimate.duration(2 * per_epoch)
+    assert out == [
+        "batch --dry-run: 3 experiment(s); nothing is run or written",
+        f"  {recipes / 'a_done.yaml'} ({done.experiment_id}): skip: already completed",
+        f"  {recipes / 'b_half.yaml'} ({half.experiment_id}): resume after epoch 1 of 3, about {two}",
+        f"  {recipes / 'c_new.yaml'} ({fresh.experiment_id}): run from scratch: 2 epoch(s), about {two}",
+        f"estimate: about {estimate.duration(4 * per_epoch)} left with up to 1 run(s) at once",
+    ]
+
+
+def test_estimates_use_the_same_kind_of_experiment_only(tmp_path):
+    clock = estimate.EpochClock(gpus_visible=True)
+    mlp = {"model": "mlp1", "dataset": "cifar10", "train_subset": None}
+    clock.add(mlp, "cuda", [10.0, 12.0, 11.0])
+    clock.add(mlp, "cpu", [300.0])
+    clock.add({**mlp, "model": "inception"}, "cuda", [40.0])
+    task = Task(tmp_path / "r.yaml", ExperimentConfig.from_mapping({"model": "mlp1", "epochs": 10}))
+    assert clock.epoch_seconds(task) == 11.0  # device auto with GPUs visible: the cuda times, median
+    on_cpu = Task(tmp_path / "r.yaml", ExperimentConfig.from_mapping({"model": "mlp1", "epochs": 10, "device": "cpu"}))
+    assert clock.epoch_seconds(on_cpu) == 300.0
+    todo = [estimate.Intent(task, estimate.RESUME, epoch=4), estimate.Intent(on_cpu, estimate.RUN),
+            estimate.Intent(task, estimate.SKIP)]
+    assert clock.seconds_left(todo, at_once=2) == ((6 * 11.0 + 10 * 300.0) / 2, 0)
+    unknown = Task(tmp_path / "r.yaml", ExperimentConfig.from_mapping({"model": "alexnet", "epochs": 3}))
+    assert clock.seconds_left([estimate.Intent(unknown, estimate.RUN)], 1) == (0.0, 1)
+    assert estimate.time_left_text(3725, 1) == "about 1h 02m left (+1 run(s) with no epoch time yet)"

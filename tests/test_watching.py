@@ -1,0 +1,121 @@
+"""Watching and steering runs (issue 17): what a run says, where it says it, and the advice it gives.
+
+Real `fastzhang` processes where the behaviour is the command line's: a bare `run`,
+output captured without a terminal, a batch run's log, `--resume-from PATH` alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from conftest import TINY_RUN, Fz, assert_same_training, run_cli, stderr_lines
+
+from fastzhang import checkpoint, results
+
+EPOCHS = 8  # test_faults_concurrency.py's experiment: its reference run serves here too
+REFERENCE = (*TINY_RUN, "--epochs", str(EPOCHS))
+REF_ID = f"mlp1_synthetic_random_labels_bs16_ep{EPOCHS}"
+SMALL = ["run", "--model", "mlp1", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "64", "--device", "cpu"]
+SMALL_ID = "mlp1_synthetic_baseline_bs64_ep2"
+
+
+def test_bare_run_is_refused_at_once_and_creates_nothing(tmp_path):
+    started = time.monotonic()
+    fz = Fz(["run"], tmp_path)
+    assert fz.wait(timeout=60) == 2
+    assert time.monotonic() - started < 30  # no data loaded, no torch imported: far from a 5-hour run
+    assert stderr_lines(fz.stderr) == [
+        "fastzhang: error: run needs --config RECIPE or --model NAME (or --resume-from CHECKPOINT), "
+        "e.g. fastzhang run --config recipes/demo/mlp1_true_labels.yaml; see fastzhang run --help"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fz.err", "fz.out"]
+
+
+def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp_path, monkeypatch, capsys,
+                                                                            one_thread):
+    fz = Fz(SMALL, tmp_path)  # stdout and stderr are files: no terminal
+    assert fz.wait() == 0, fz.stderr
+    assert "\r" not in fz.stderr + fz.stdout  # no progress bar redraws, only whole lines
+    lines = fz.stderr.splitlines()
+    log = checkpoint.log_path("checkpoints", SMALL_ID)
+    assert lines[0] == (f"fastzhang: {SMALL_ID}: starting: mlp1 on synthetic, lr 0.01, 2 epochs, batch 64, seed 0; "
+                        f"on cpu ({lines[0].split('on cpu (')[1].split(')')[0]}); log {log}")
+    assert lines[1].startswith(f"fastzhang: {SMALL_ID} epoch 1/2: train loss ") and " left" in lines[1]
+    assert lines[2].startswith(f"fastzhang: {SMALL_ID} epoch 2/2: ") and len(lines) == 3
+    [first] = results.scan(tmp_path / "results")
+    m = first.payload["metrics"]
+    assert m["best_epoch"] == max((acc, epoch) for epoch, acc in zip(m["epochs"], m["test_acc"]))[1]
+    assert fz.stdout == (f"fastzhang: {SMALL_ID} completed: 2 epochs; final train accuracy {m['final_train_acc']:.2f}%, "
+                         f"test {m['final_test_acc']:.2f}%; best test {m['best_test_acc']:.2f}% (epoch "
+                         f"{m['best_epoch']}); results in {first.path.relative_to(tmp_path)}\n")
+    logged = (tmp_path / log).read_text().splitlines()  # the same lines, time-stamped, and how it ended
+    assert [line[20:] for line in logged] == [line.removeprefix("fastzhang: ") for line in lines] + \
+        [fz.stdout.strip().removeprefix("fastzhang: ")]
+    execution = first.payload["execution"]
+    assert execution["threads"] == 1 and execution["data_source"] == "synthetic" and execution["device_name"]
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(SMALL) == 0  # completed: the block, and nothing trains
+    block = capsys.readouterr().out.splitlines()
+    assert block[5:9] == [
+        "To re-run this experiment, either:",
+        f"  1. Add --force flag: fastzhang {shlex.join(SMALL)} --force",
+        f"  2. Delete the results file: ./{first.path.relative_to(tmp_path)}",
+        f"  3. Delete its checkpoints and results: fastzhang clean {SMALL_ID}",
+    ]
+    assert f"  Final train accuracy: {m['final_train_acc']:.2f}%" in block
+    force = shlex.split(block[6].split(": ", 1)[1])[1:]
+    assert run_cli(force) == 0  # option 1 trains again: a second results file
+    assert len(results.files_for("results", SMALL_ID)) == 2
+    clean = shlex.split(block[8].split(": ", 1)[1])[1:]
+    assert run_cli([*clean, "--yes"]) == 0  # option 3: every file of the experiment goes, the log too
+    assert not results.files_for("results", SMALL_ID) and not checkpoint.experiment_files("checkpoints", SMALL_ID)
+    assert run_cli([*SMALL, "--quiet"]) == 0  # ... so the experiment runs again, from epoch 1
+    assert "resuming" not in log.read_text() and "starting" in log.read_text()
+
+
+def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, reference_run):
+    reference = reference_run(REFERENCE)
+    reference.result()
+    prev = tmp_path / "given.pth"  # the reference's checkpoint after epoch 7
+    shutil.copy(checkpoint.prev_path(reference.folder / "checkpoints" / f"{REF_ID}_checkpoint.pth"), prev)
+    assert run_cli(["run", "--resume-from", prev, "--epochs", "9", "--checkpoint-dir", tmp_path / "c"]) == 2
+    fz = Fz(["run", "--resume-from", prev, "--quiet", "--results-dir", "res"], tmp_path, name="resumed")
+    assert fz.wait() == 0, fz.stderr
+    assert_same_training(checkpoint.load(checkpoint.latest_path(tmp_path / "checkpoints", REF_ID)),
+                         reference.result()[0])
+    logged = checkpoint.log_path(tmp_path / "checkpoints", REF_ID).read_text()
+    assert f"{REF_ID}: resuming after epoch 7: mlp1 on synthetic (random_labels)" in logged
+
+
+def test_a_batch_runs_log_holds_its_epoch_lines_and_status_reads_it(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: mlp1\ndataset: synthetic\nepochs: 2\nbatch_size: 64\ndevice: cpu\nseed: 3\n")
+    eid = "mlp1_synthetic_baseline_bs64_ep2_seed3"
+    fz = Fz(["batch", recipe, "--quiet"], tmp_path, name="batch")
+    assert fz.wait() == 0, fz.stderr
+    logged = checkpoint.log_path(tmp_path / "checkpoints", eid).read_text().splitlines()
+    assert [line[20:].split(":")[0] for line in logged[1:3]] == [f"{eid} epoch 1/2", f"{eid} epoch 2/2"]
+    assert logged[-1].startswith(f"fastzhang: {eid} completed: 2 epochs")  # the run's own stdout, sent there
+    assert run_cli(["status", eid, "--checkpoint-dir", tmp_path / "checkpoints",
+                    "--results-dir", tmp_path / "results"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{eid}: completed" and out[1].startswith("EPOCH") and len(out) == 5
+    assert out[-1] == f"log: {checkpoint.log_path(tmp_path / 'checkpoints', eid)}"
+
+
+def test_suggestions_for_a_misspelled_model_key_and_flag(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: mlp1\nepoch: 3\n")
+    assert run_cli(["run", "--model", "alexnt"]) == 2
+    assert run_cli(["run", "--config", recipe]) == 2
+    assert run_cli(["run", "--model", "mlp1", "--epoch", "3"]) == 2
+    assert run_cli(["run", "--model", "mlp1", "--randomization", "partial"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("got 'alexnt' (did you mean alexnet?)")
+    assert err[1] == f"fastzhang: error: {recipe}: unknown setting 'epoch' (did you mean epochs?)"
+    assert err[2].startswith("fastzhang run: error: unrecognized arguments: --epoch 3 (did you mean --epochs?)")
+    assert "randomization 'partial' needs corrupt_prob" in err[3]
+    assert list(Path(tmp_path).iterdir()) == [recipe]
