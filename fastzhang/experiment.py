@@ -182,9 +182,12 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
     log = RunLog(checkpoint.log_path(opts.checkpoint_dir, cfg.experiment_id), quiet=opts.quiet)
     run = _start_run(cfg, opts, data.device, speed, start, log)
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
-    logger = tracking.start(wandb, cfg, run.wandb_run_id, say=log.say, warn=log.warning) if wandb else None
-    if logger:
-        run.wandb_run_id = logger.run_id  # kept in the checkpoint so a resume continues the same W&B run
+    tracker = tracking.start(wandb, cfg, run.wandb_run_id, say=log.say, warn=log.warning) if wandb else None
+    if tracker:
+        run.wandb_run_id = tracker.run_id  # kept in the checkpoint so a resume continues the same W&B run
+    news = _News(cfg, log, tracker, first_epoch=run.epoch)
+    if loader.fallback:
+        news.fallback("loader", loader.fallback)
 
     def save(mid_epoch: bool) -> None:  # called only inside `with stop_signals(...) as stop` below
         payload = state.to_payload(run, cfg, arrays.fingerprint)
@@ -195,47 +198,55 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
                 copies.append(checkpoint.snapshot_path(opts.checkpoint_dir, cfg.experiment_id, run.epoch))
             checkpoint.save(payload, latest, copy_to=copies)
 
-    fallbacks: list[dict] = []
-
-    def on_fallback(switch: str, reason: str) -> None:
-        fallbacks.append({"switch": switch, "reason": reason})
-        text = f"{cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}"
-        warn(text)
-        log.write(f"warning: {text}")
-
-    if loader.fallback:
-        on_fallback("loader", loader.fallback)
-
-    began = (run.epoch, time.monotonic())  # wall time per epoch, evaluation and checkpoints included
-
-    def on_epoch(row: dict) -> None:
-        if logger:
-            logger.log(row)
-        per_epoch = (time.monotonic() - began[1]) / max(row["epochs"] - began[0], 1)
-        log.say(runlog.epoch_line(cfg.experiment_id, row, cfg.epochs, per_epoch))
-
     # SIGTERM / SIGINT: finish the step, checkpoint and exit 143 / 130; a second signal insists
     with stop_signals(interrupt_on_second=True) as stop:
-        hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=on_epoch,
+        hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=news.epoch,
                              # a progress bar only on a terminal: in a job's log file it is one line per step
-                             on_fallback=on_fallback, quiet=opts.quiet or not sys.stderr.isatty())
+                             on_fallback=news.fallback, quiet=opts.quiet or not sys.stderr.isatty())
         if start is None:
             save(False)  # epoch 0: `status` sees the run, and a --force restart supersedes the old checkpoint
-        finished = engine.train(cfg, run, data, loader, speed, hooks)
-        if not finished:
-            if logger:
-                logger.finish(exit_code=1)
-            log.write(f"{cfg.experiment_id}: stopped by {signal.Signals(stop.signum).name} after epoch {run.epoch}"
-                      + (f", step {run.step_in_epoch}" if run.step_in_epoch else "") + "; checkpoint saved")
+        if not engine.train(cfg, run, data, loader, speed, hooks):
+            news.stopped(run, stop.signum)
             raise Interrupted(stop.signum, latest)
     payload = _results_payload(cfg, run, arrays, data.device)
-    payload["execution"] = {**_execution(data.device, speed, loader, fallbacks),
+    payload["execution"] = {**_execution(data.device, speed, loader, news.fallbacks),
                             **provenance(data.device, arrays.source)}
     path = results.write(opts.results_dir, payload)
-    log.write(runlog.completed_line(cfg.experiment_id, payload["metrics"], run.epoch, path))
-    if logger:
-        logger.finish(exit_code=0, summary=payload["metrics"])
+    news.completed(run, payload, path)
     return Outcome("trained", cfg.experiment_id, path, payload)
+
+
+class _News:
+    """Where a run's news goes: stderr and its log, W&B, and the fallbacks for the results file."""
+
+    def __init__(self, cfg: ExperimentConfig, log: RunLog, tracker, first_epoch: int):
+        self.cfg, self.log, self.tracker = cfg, log, tracker
+        self.fallbacks: list[dict] = []
+        self.began = (first_epoch, time.monotonic())  # wall time per epoch, evaluation and checkpoints included
+
+    def fallback(self, switch: str, reason: str) -> None:
+        self.fallbacks.append({"switch": switch, "reason": reason})
+        text = f"{self.cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}"
+        warn(text)
+        self.log.write(f"warning: {text}")
+
+    def epoch(self, row: dict) -> None:
+        if self.tracker:
+            self.tracker.log(row)
+        first, since = self.began
+        per_epoch = (time.monotonic() - since) / max(row["epochs"] - first, 1)
+        self.log.say(runlog.epoch_line(self.cfg.experiment_id, row, self.cfg.epochs, per_epoch))
+
+    def stopped(self, run, signum: int) -> None:
+        if self.tracker:
+            self.tracker.finish(exit_code=1)
+        self.log.write(f"{self.cfg.experiment_id}: stopped by {signal.Signals(signum).name} after epoch {run.epoch}"
+                       + (f", step {run.step_in_epoch}" if run.step_in_epoch else "") + "; checkpoint saved")
+
+    def completed(self, run, payload: dict, path: Path) -> None:
+        self.log.write(runlog.completed_line(self.cfg.experiment_id, payload["metrics"], run.epoch, path))
+        if self.tracker:
+            self.tracker.finish(exit_code=0, summary=payload["metrics"])
 
 
 def _snapshot_due(cfg: ExperimentConfig, run) -> bool:

@@ -80,3 +80,19 @@ def test_estimates_use_the_same_kind_of_experiment_only(tmp_path):
     unknown = Task(tmp_path / "r.yaml", ExperimentConfig.from_mapping({"model": "alexnet", "epochs": 3}))
     assert clock.seconds_left([estimate.Intent(unknown, estimate.RUN)], 1) == (0.0, 1)
     assert estimate.time_left_text(3725, 1) == "about 1h 02m left (+1 run(s) with no epoch time yet)"
+
+
+def test_the_batch_prefers_the_wall_time_of_its_own_runs(tmp_path, one_thread):
+    """Wall time counts evaluation, checkpoints and start-up, which epoch_seconds leaves out."""
+    ckpt, res = tmp_path / "checkpoints", tmp_path / "results"
+    opts = BatchOptions(checkpoint_dir=ckpt, results_dir=res)
+    ran = Task(tmp_path / "a.yaml", ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "batch_size": 256, "epochs": 2}))
+    queued = Task(tmp_path / "b.yaml", ran.config.replace(seed=1, epochs=3))
+    clock = estimate.BatchClock(opts, gpus_visible=False, at_once=1)
+    assert clock.time_left([ran, queued], []) == "no time estimate yet (2 run(s) of kinds with no epoch measured)"
+    clock.launched(ran)
+    run_experiment(ran.config, RunOptions(checkpoint_dir=ckpt, results_dir=res, quiet=True))
+    clock.finished(ran, seconds=30.0)  # as the pool measured it: 2 epochs from scratch
+    assert clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
+    assert clock.time_left([queued], []) == "about 45s left"  # 3 epochs at 15 s, not the training time alone

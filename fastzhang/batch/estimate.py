@@ -81,11 +81,17 @@ def _kind_key(config: dict, kind: str) -> tuple:
 
 
 class EpochClock:
-    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far."""
+    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far.
 
-    def __init__(self, gpus_visible: bool):
+    Two sources: the training time of each epoch (`epoch_seconds` in results files and
+    checkpoints), and, better where the batch has it, the wall time per epoch of its own
+    finished runs (`wall`), which also counts evaluation, checkpoints and start-up.
+    """
+
+    def __init__(self, gpus_visible: bool, wall: dict[tuple, list[float]] | None = None):
         self.gpus_visible = gpus_visible
         self.seconds: dict[tuple, list[float]] = {}
+        self.wall = wall or {}
 
     def add(self, config: dict, kind: str, epoch_seconds: list) -> None:
         times = [float(s) for s in epoch_seconds if isinstance(s, (int, float)) and s > 0]
@@ -111,8 +117,11 @@ class EpochClock:
     def kind(self, task: Task) -> str:
         return device_kind(task.config.device, self.gpus_visible)
 
+    def key(self, task: Task) -> tuple:
+        return _kind_key(task.config.to_dict(), self.kind(task))
+
     def epoch_seconds(self, task: Task) -> float | None:
-        times = self.seconds.get(_kind_key(task.config.to_dict(), self.kind(task)))
+        times = self.wall.get(self.key(task)) or self.seconds.get(self.key(task))
         return median(times) if times else None
 
     def seconds_left(self, todo: list[Intent], at_once: int) -> tuple[float, int]:
@@ -127,14 +136,37 @@ class EpochClock:
         return total / max(1, at_once), unknown
 
 
-def batch_time_left(opts: BatchOptions, gpus_visible: bool, at_once: int,
-                    queued: list[Task], running: list[Task]) -> str:
-    """The batch's time left, from everything measured so far (read afresh: runs finish meanwhile)."""
-    clock = EpochClock(gpus_visible)
-    clock.add_results(opts.results_dir)
-    clock.add_checkpoints(queued + running, opts.checkpoint_dir)
-    todo = intents(queued, opts) + intents(running, opts, ours=True)
-    return time_left_text(*clock.seconds_left(todo, at_once))
+class BatchClock:
+    """The batch's own measurements, and its time left after each run.
+
+    `launched(task)` notes where a run starts; `finished(task, seconds)` turns its wall
+    time into seconds per epoch for its kind of experiment. `time_left` reads results and
+    checkpoints afresh each time (runs finish meanwhile) and adds those measurements.
+    """
+
+    def __init__(self, opts: BatchOptions, gpus_visible: bool, at_once: int):
+        self.opts, self.gpus_visible, self.at_once = opts, gpus_visible, at_once
+        self.wall: dict[tuple, list[float]] = {}
+        self.started_at: dict[str, int] = {}
+
+    def launched(self, task: Task) -> None:
+        self.started_at[task.experiment_id] = intents([task], self.opts, ours=True)[0].epoch
+
+    def finished(self, task: Task, seconds: float) -> None:
+        from fastzhang import results
+
+        found = results.find_completed(self.opts.results_dir, task.experiment_id, report=False)
+        epochs = found[1]["total_epochs"] - self.started_at.get(task.experiment_id, 0) if found else 0
+        if epochs > 0:
+            key = EpochClock(self.gpus_visible).key(task)
+            self.wall.setdefault(key, []).append(seconds / epochs)
+
+    def time_left(self, queued: list[Task], running: list[Task]) -> str:
+        clock = EpochClock(self.gpus_visible, self.wall)
+        clock.add_results(self.opts.results_dir)
+        clock.add_checkpoints(queued + running, self.opts.checkpoint_dir)
+        todo = intents(queued, self.opts) + intents(running, self.opts, ours=True)
+        return time_left_text(*clock.seconds_left(todo, self.at_once))
 
 
 def _recorded_kind(payload: dict) -> str:
@@ -147,5 +179,7 @@ def _recorded_kind(payload: dict) -> str:
 
 
 def time_left_text(seconds: float, unknown: int) -> str:
+    if unknown and not seconds:
+        return f"no time estimate yet ({unknown} run(s) of kinds with no epoch measured)"
     text = f"about {duration(seconds)} left"
     return text + (f" (+{unknown} run(s) with no epoch time yet)" if unknown else "")

@@ -35,7 +35,7 @@ from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
     check_limits, pinned_device, split_completed,
 )
-from fastzhang.batch.estimate import batch_time_left
+from fastzhang.batch.estimate import BatchClock
 from fastzhang.stop import stop_signals
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -128,8 +128,10 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
     queue: deque[Task] = deque(todo)
     running: list[_Running] = []
 
+    clock = BatchClock(opts, bool(gpus), slots)
+
     def time_left() -> str:
-        return batch_time_left(opts, bool(gpus), slots, list(queue), [r.task for r in running])
+        return clock.time_left(list(queue), [r.task for r in running])
 
     progress = Progress(len(todo), opts.quiet, time_left=time_left)
     shown = os.environ.get("OMP_NUM_THREADS") or threads  # worker_env keeps a count the user chose
@@ -150,12 +152,15 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
                 if gpus and gpu is None:
                     break
                 task = queue.popleft()
+                clock.launched(task)
                 running.append(_launch(task, opts, gpu, threads))
                 progress.start(task, f"GPU {gpu}" if gpu is not None else "")
             time.sleep(_POLL_SECONDS)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
                 result = _finished(r, stop.signum, opts)
+                if result.status == RAN:
+                    clock.finished(r.task, result.seconds)
                 _echo_output(r, result, progress)
                 progress.finish(result, len(running))
         report.stop_signal = stop.signum
