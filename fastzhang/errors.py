@@ -38,6 +38,12 @@ class WriteError(FastZhangError):
     exit_code = 5
 
 
+def one_line(error: BaseException, limit: int | None = 200) -> str:
+    """'Type: first line of the message' (cut at `limit`): an exception as a warning or results field."""
+    first = (str(error).strip().splitlines() or [""])[0][:limit]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def did_you_mean(word: str, known) -> str:
     """' (did you mean X?)' for the closest of `known` to a misspelled `word`, else ''."""
     import difflib

@@ -21,8 +21,8 @@ from fastzhang import __version__, results, runlog, tracking
 from fastzhang.config import SPEED_SWITCHES, ExperimentConfig
 from fastzhang.errors import CheckpointError, UsageError
 from fastzhang.lock import ExperimentLock
-from fastzhang.log import info, warn
-from fastzhang.provenance import device_name, provenance
+from fastzhang.log import info
+from fastzhang.provenance import provenance
 from fastzhang.runlog import RunLog
 from fastzhang.stop import stop_signals
 
@@ -33,6 +33,7 @@ class RunOptions:
     results_dir: Path = Path("results")
     force: bool = False
     resume_from: Path | None = None
+    resume_payload: dict | None = None  # the --resume-from file, when the caller has already read it
     quiet: bool = False
 
 
@@ -55,7 +56,7 @@ class Interrupted(Exception):
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     eid = cfg.experiment_id
     # Refuse bad input before anything is written (a --resume-from file even when the run is done).
-    given = _load_resume_file(cfg, opts.resume_from) if opts.resume_from else None
+    given = _load_resume_file(cfg, opts) if opts.resume_from else None
     if not opts.force:  # a completed experiment trains again, from scratch or a snapshot, only with --force
         done = _completed(opts, eid)
         if done:
@@ -99,20 +100,22 @@ def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | Non
     return Outcome("already_completed", eid, path, payload)
 
 
-def _load_resume_file(cfg: ExperimentConfig, path: Path) -> dict:
+def _load_resume_file(cfg: ExperimentConfig, opts: RunOptions) -> dict:
     from fastzhang.train import state
 
-    return state.check_resumable(_read_resume_file(path), cfg, Path(path))
+    payload = opts.resume_payload if opts.resume_payload is not None else read_resume_file(opts.resume_from)
+    return state.check_resumable(payload, cfg, Path(opts.resume_from))
 
 
-def resume_config(path: Path) -> dict:
-    """The settings stored in the checkpoint `path`: what `run --resume-from PATH` alone continues."""
+def resume_settings(payload: dict, path: Path) -> dict:
+    """The settings stored in a --resume-from checkpoint: what `run --resume-from PATH` alone continues."""
     from fastzhang.train import state
 
-    return state.stored_config(_read_resume_file(path), Path(path)).to_dict()
+    return state.stored_config(payload, Path(path)).to_dict()
 
 
-def _read_resume_file(path: Path) -> dict:
+def read_resume_file(path: Path) -> dict:
+    """The verified payload of a --resume-from file; refused with one line (exit 2, or 4 if damaged)."""
     from fastzhang import checkpoint
 
     path = Path(path)
@@ -180,7 +183,7 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
 
     data, speed, loader = prepared
     log = RunLog(checkpoint.log_path(opts.checkpoint_dir, cfg.experiment_id), quiet=opts.quiet)
-    run = _start_run(cfg, opts, data.device, speed, start, log)
+    run = _start_run(cfg, data.device, speed, start, log)
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
     tracker = tracking.start(wandb, cfg, run.wandb_run_id, say=log.say, warn=log.warning) if wandb else None
     if tracker:
@@ -208,9 +211,9 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
         if not engine.train(cfg, run, data, loader, speed, hooks):
             news.stopped(run, stop.signum)
             raise Interrupted(stop.signum, latest)
-    payload = _results_payload(cfg, run, arrays, data.device)
-    payload["execution"] = {**_execution(data.device, speed, loader, news.fallbacks),
-                            **provenance(data.device, arrays.source)}
+    used = provenance(data.device, arrays.source)
+    payload = _results_payload(cfg, run, arrays, used["device_name"])
+    payload["execution"] = {**_execution(data.device, speed, loader, news.fallbacks), **used}
     path = results.write(opts.results_dir, payload)
     news.completed(run, payload, path)
     return Outcome("trained", cfg.experiment_id, path, payload)
@@ -226,9 +229,7 @@ class _News:
 
     def fallback(self, switch: str, reason: str) -> None:
         self.fallbacks.append({"switch": switch, "reason": reason})
-        text = f"{self.cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}"
-        warn(text)
-        self.log.write(f"warning: {text}")
+        self.log.warning(f"{self.cfg.experiment_id}: {switch} failed ({reason}); {_FALLBACK_TO[switch]}")
 
     def epoch(self, row: dict) -> None:
         if self.tracker:
@@ -257,7 +258,7 @@ def _snapshot_due(cfg: ExperimentConfig, run) -> bool:
     return bool(every) and run.epoch > 0 and (run.epoch % every == 0 or engine.finished(cfg, run))
 
 
-def _start_run(cfg: ExperimentConfig, opts: RunOptions, device, speed, start: dict | None, log: RunLog):
+def _start_run(cfg: ExperimentConfig, device, speed, start: dict | None, log: RunLog):
     """A fresh Run, or one restored from `start`, announced on stderr and in the log."""
     from fastzhang.train import engine, state
 
@@ -292,7 +293,7 @@ def _speed_text(speed) -> str:
     return "fast path: " + ", ".join(on) if on else "fp32 eager"
 
 
-def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:
+def _results_payload(cfg: ExperimentConfig, run, arrays, device_name: str) -> dict:
     import torch
 
     from fastzhang.train.engine import end_cause
@@ -326,7 +327,7 @@ def _results_payload(cfg: ExperimentConfig, run, arrays, device) -> dict:
             "fastzhang": __version__,
             "torch": torch.__version__,
             "python": sys.version.split()[0],
-            "device": device_name(device),
+            "device": device_name,
             "platform": platform.platform(),
             "hostname": platform.node(),
             "pid": os.getpid(),

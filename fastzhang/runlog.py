@@ -10,7 +10,9 @@ failed write costs one warning, never the run (the checkpoints are what count).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -32,16 +34,21 @@ class RunLog:
     def __init__(self, path: Path, *, quiet: bool):
         self.path, self.quiet = Path(path), quiet
         self.broken = False
+        # `fastzhang batch` sends a run's stderr into this very file: what goes to stderr is in the log already
+        self.stderr_is_log = _same_file(sys.stderr, self.path)
 
     def say(self, text: str) -> None:
         if not self.quiet:
             info(text)
+            if self.stderr_is_log:
+                return
         self.write(text)
 
     def warning(self, text: str) -> None:
         """A warning: on stderr even when quiet, and in the log."""
         warn(text)
-        self.write(f"warning: {text}")
+        if not self.stderr_is_log:
+            self.write(f"warning: {text}")
 
     def write(self, text: str) -> None:
         """Only into the log (what the terminal already shows another way, e.g. a warning)."""
@@ -53,6 +60,13 @@ class RunLog:
         except OSError as e:
             self.broken = True
             warn(f"cannot write the log {self.path} ({e.strerror or e}); the run goes on without it")
+
+
+def _same_file(stream, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+    except (OSError, ValueError, AttributeError):  # no such file yet, or a stream without a descriptor
+        return False
 
 
 # ------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_dry_run_says_skip_resume_and_run_and_writes_nothing(tmp_path, capsys, o
     # the half-done run's one; two epochs left for each of the other two.
     clock = estimate.EpochClock(gpus_visible=False)
     clock.add_results(res)
-    clock.add_checkpoints([Task(recipes / "b_half.yaml", half)], ckpt)
+    clock.add_intents(estimate.intents([Task(recipes / "b_half.yaml", half)], BatchOptions(ckpt, res)))
     per_epoch = clock.epoch_seconds(Task(recipes / "c_new.yaml", fresh))
     assert len(clock.seconds[("mlp1", "synthetic", None, "cpu")]) == 3 and per_epoch > 0
     two = estimate.duration(2 * per_epoch)
@@ -91,7 +91,6 @@ def test_the_batch_prefers_the_wall_time_of_its_own_runs(tmp_path, one_thread):
     queued = Task(tmp_path / "b.yaml", ran.config.replace(seed=1, epochs=3))
     clock = estimate.BatchClock(opts, gpus_visible=False, at_once=1)
     assert clock.time_left([ran, queued], []) == "no time estimate yet (2 run(s) of kinds with no epoch measured)"
-    clock.launched(ran)
     run_experiment(ran.config, RunOptions(checkpoint_dir=ckpt, results_dir=res, quiet=True))
     clock.finished(ran, seconds=30.0)  # as the pool measured it: 2 epochs from scratch
     assert clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}

@@ -220,6 +220,19 @@ def test_injected_capture_failure_via_the_environment(monkeypatch):
     assert told == [("cuda_graphs", f"_InjectedFailure: injected capture failure ({FAIL_ENV})")]
 
 
+def test_capture_failure_under_compile_names_the_capture_error():
+    """With a compiled forward, the capture's own error is reported, not mistaken for compile's."""
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    told = []
+    step = TrainStep(model, opt, dataclasses.replace(PLAIN, cuda_graphs=True), graphs=FailingGraphs(),
+                     on_fallback=lambda *a: told.append(a))
+    step.forward = lambda x: model(x)  # stands in for torch.compile(model): not the model itself
+    step(torch.randn(2, 4), torch.tensor([0, 2]), torch.zeros(()), torch.zeros((), dtype=torch.int64))
+    assert told == [("cuda_graphs", "RuntimeError: CUDA error: operation not permitted when stream is capturing")]
+    assert step.graphs is None and step.forward is not model  # compile stays on
+
+
 def test_a_real_error_without_compile_or_graphs_still_raises():
     model = torch.nn.Linear(4, 3)
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), PLAIN)

@@ -119,3 +119,21 @@ def test_suggestions_for_a_misspelled_model_key_and_flag(tmp_path, capsys):
     assert err[2].startswith("fastzhang run: error: unrecognized arguments: --epoch 3 (did you mean --epochs?)")
     assert "randomization 'partial' needs corrupt_prob" in err[3]
     assert list(Path(tmp_path).iterdir()) == [recipe]
+
+
+def test_a_warning_is_in_the_log_once_when_stderr_is_the_log(tmp_path, monkeypatch):
+    """`fastzhang batch` sends a run's stderr into its log: the log must not get each warning twice."""
+    import sys
+
+    from fastzhang.runlog import RunLog
+
+    separate = tmp_path / "y.log"
+    RunLog(separate, quiet=True).warning("compile failed")  # stderr elsewhere: the log keeps a stamped copy
+    assert separate.read_text().endswith(" warning: compile failed\n")
+    log_path = tmp_path / "x.log"
+    with open(log_path, "a", encoding="utf-8") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        RunLog(log_path, quiet=True).warning("compile failed")
+        RunLog(log_path, quiet=False).say("epoch 1")
+    assert [line.split(": ", 1)[-1] for line in log_path.read_text().splitlines()] == ["warning: compile failed",
+                                                                                    "epoch 1"]

@@ -27,6 +27,7 @@ class Intent:
     action: str  # RUN | RESUME | SKIP | BUSY
     epoch: int = 0  # epochs already done (RESUME)
     steps: int = 0  # steps into the next epoch (RESUME)
+    epoch_times: tuple = ()  # the training seconds of each epoch its checkpoint records
 
     @property
     def epochs_left(self) -> int:
@@ -44,7 +45,7 @@ class Intent:
 
 
 def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> list[Intent]:
-    """Where each task stands now; reads results, locks and checkpoints, writes nothing.
+    """Where each task stands now; reads results, locks and checkpoints (each once), writes nothing.
 
     `ours`: the batch runs these itself right now, so a held lock is its own run's.
     """
@@ -55,17 +56,17 @@ def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> lis
     for task in tasks:
         eid = task.experiment_id
         if not opts.force and results.find_completed(opts.results_dir, eid, report=False):
-            out.append(Intent(task, SKIP))
-        elif not ours and lock.is_held(opts.checkpoint_dir, eid):
-            out.append(Intent(task, BUSY))
+            out.append(Intent(task, SKIP))  # its epoch times are in its results file
+            continue
+        payload = checkpoint.inspect_latest(checkpoint.latest_path(opts.checkpoint_dir, eid))[0]
+        seen = progress(payload) if payload is not None else None
+        times = tuple(seen.metrics.get("epoch_seconds") or ()) if seen else ()
+        if not ours and lock.is_held(opts.checkpoint_dir, eid):
+            out.append(Intent(task, BUSY, epoch_times=times))
+        elif not opts.force and seen is not None and seen.epoch is not None and (seen.epoch or seen.step_in_epoch):
+            out.append(Intent(task, RESUME, seen.epoch, seen.step_in_epoch, times))
         else:
-            payload = None if opts.force else checkpoint.inspect_latest(
-                checkpoint.latest_path(opts.checkpoint_dir, eid))[0]
-            seen = progress(payload) if payload is not None else None
-            if seen is not None and seen.epoch is not None and (seen.epoch or seen.step_in_epoch):
-                out.append(Intent(task, RESUME, seen.epoch, seen.step_in_epoch))
-            else:
-                out.append(Intent(task, RUN))
+            out.append(Intent(task, RUN, epoch_times=times))
     return out
 
 
@@ -106,13 +107,10 @@ class EpochClock:
                 self.add(entry.payload["config"], _recorded_kind(entry.payload),
                          entry.payload["metrics"].get("epoch_seconds", []))
 
-    def add_checkpoints(self, tasks: list[Task], checkpoint_dir: Path) -> None:
-        from fastzhang import checkpoint
-
-        for task in tasks:
-            payload = checkpoint.inspect_latest(checkpoint.latest_path(checkpoint_dir, task.experiment_id))[0]
-            if payload is not None:
-                self.add(task.config.to_dict(), self.kind(task), payload.get("all_metrics", {}).get("epoch_seconds", []))
+    def add_intents(self, plan: list[Intent]) -> None:
+        """The epoch times of the checkpoints `intents` read (none read twice)."""
+        for intent in plan:
+            self.add(intent.task.config.to_dict(), self.kind(intent.task), list(intent.epoch_times))
 
     def kind(self, task: Task) -> str:
         return device_kind(task.config.device, self.gpus_visible)
@@ -139,18 +137,16 @@ class EpochClock:
 class BatchClock:
     """The batch's own measurements, and its time left after each run.
 
-    `launched(task)` notes where a run starts; `finished(task, seconds)` turns its wall
-    time into seconds per epoch for its kind of experiment. `time_left` reads results and
-    checkpoints afresh each time (runs finish meanwhile) and adds those measurements.
+    `time_left` reads results and checkpoints afresh each time (runs finish meanwhile),
+    each checkpoint once, and notes the epoch each queued run will start from;
+    `finished(task, seconds)` turns a run's wall time into seconds per epoch for its kind
+    of experiment.
     """
 
     def __init__(self, opts: BatchOptions, gpus_visible: bool, at_once: int):
         self.opts, self.gpus_visible, self.at_once = opts, gpus_visible, at_once
         self.wall: dict[tuple, list[float]] = {}
-        self.started_at: dict[str, int] = {}
-
-    def launched(self, task: Task) -> None:
-        self.started_at[task.experiment_id] = intents([task], self.opts, ours=True)[0].epoch
+        self.started_at: dict[str, int] = {}  # a queued checkpoint does not change: its epoch is where it starts
 
     def finished(self, task: Task, seconds: float) -> None:
         from fastzhang import results
@@ -158,14 +154,16 @@ class BatchClock:
         found = results.find_completed(self.opts.results_dir, task.experiment_id, report=False)
         epochs = found[1]["total_epochs"] - self.started_at.get(task.experiment_id, 0) if found else 0
         if epochs > 0:
-            key = EpochClock(self.gpus_visible).key(task)
-            self.wall.setdefault(key, []).append(seconds / epochs)
+            kind = device_kind(task.config.device, self.gpus_visible)
+            self.wall.setdefault(_kind_key(task.config.to_dict(), kind), []).append(seconds / epochs)
 
     def time_left(self, queued: list[Task], running: list[Task]) -> str:
+        waiting = intents(queued, self.opts)
+        self.started_at.update((intent.task.experiment_id, intent.epoch) for intent in waiting)
+        todo = waiting + intents(running, self.opts, ours=True)
         clock = EpochClock(self.gpus_visible, self.wall)
         clock.add_results(self.opts.results_dir)
-        clock.add_checkpoints(queued + running, self.opts.checkpoint_dir)
-        todo = intents(queued, self.opts) + intents(running, self.opts, ours=True)
+        clock.add_intents(todo)
         return time_left_text(*clock.seconds_left(todo, self.at_once))
 
 

@@ -128,17 +128,17 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
     queue: deque[Task] = deque(todo)
     running: list[_Running] = []
 
-    clock = BatchClock(opts, bool(gpus), slots)
+    clock = None if opts.quiet else BatchClock(opts, bool(gpus), slots)  # only shown without --quiet
 
     def time_left() -> str:
         return clock.time_left(list(queue), [r.task for r in running])
 
-    progress = Progress(len(todo), opts.quiet, time_left=time_left)
+    progress = Progress(len(todo), opts.quiet, time_left=time_left if clock else None)
     shown = os.environ.get("OMP_NUM_THREADS") or threads  # worker_env keeps a count the user chose
     where = f"{len(gpus)} GPU(s), up to {runs_per_gpu} per GPU" if gpus else f"CPU, {shown} thread(s) each"
     progress.note(f"batch: {len(tasks)} experiment(s), {len(skipped)} already completed, "
                   f"{len(todo)} to run, up to {slots} at once ({where})")
-    if not opts.quiet:
+    if clock:
         progress.note(f"batch: {time_left()}")
 
     def pass_on(signum: int) -> None:
@@ -152,14 +152,13 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
                 if gpus and gpu is None:
                     break
                 task = queue.popleft()
-                clock.launched(task)
                 running.append(_launch(task, opts, gpu, threads))
                 progress.start(task, f"GPU {gpu}" if gpu is not None else "")
             time.sleep(_POLL_SECONDS)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
                 result = _finished(r, stop.signum, opts)
-                if result.status == RAN:
+                if clock and result.status == RAN:
                     clock.finished(r.task, result.seconds)
                 _echo_output(r, result, progress)
                 progress.finish(result, len(running))

@@ -31,7 +31,7 @@ from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
     check_limits, pinned_device, split_completed,
 )
-from fastzhang.errors import UsageError
+from fastzhang.errors import UsageError, one_line
 from fastzhang.stop import stop_signals
 
 MAX_RETRIES = 3  # attempts after a worker died
@@ -215,8 +215,7 @@ def _collect(ray, ref, task: Task, seconds: float, cancelled: bool) -> RunResult
         return RunResult(task, STOPPED, None, seconds=seconds)
     except ray.exceptions.RayError as e:  # retries used up, or a bug raised in the task
         cause = getattr(e, "cause", None) or e
-        first = (str(cause).strip().splitlines() or [""])[0]
-        return RunResult(task, FAILED, 1, detail=f"{type(cause).__name__}: {first}", seconds=seconds)
+        return RunResult(task, FAILED, 1, detail=one_line(cause, limit=None), seconds=seconds)
     status = answer["status"]
     if status == STOPPED and not cancelled:
         status = FAILED  # stopped by someone else's signal: not part of this batch's stop

@@ -87,8 +87,8 @@ def _dry_run(tasks, opts, args: argparse.Namespace) -> int:
     at_once = capacity(gpus, args.runs_per_gpu, args.max_parallel)
     clock = estimate.EpochClock(gpus_visible=bool(gpus))
     clock.add_results(opts.results_dir)
-    clock.add_checkpoints(tasks, opts.checkpoint_dir)
     plan = estimate.intents(tasks, opts)
+    clock.add_intents(plan)
     print(f"batch --dry-run: {len(plan)} experiment(s); nothing is run or written")
     for intent in plan:
         per_epoch = clock.epoch_seconds(intent.task)

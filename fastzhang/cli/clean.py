@@ -85,11 +85,12 @@ def _free_completed(args) -> int:
         if not doomed:
             print("nothing to free")
             return 0
-        size = sum(path.stat().st_size for path in doomed)
+        sizes = {path: path.stat().st_size for path in doomed}
+        size = sum(sizes.values())
         count = sum(1 for paths in plan.values() if paths)
         verb = "would free" if args.dry_run else "will free"
         heading = f"{verb} {len(doomed)} files, {_bytes(size)}, of {count} completed experiment{'s' if count != 1 else ''}:"
-        shown = [f"{path}  ({_bytes(path.stat().st_size)})" for path in doomed]
+        shown = [f"{path}  ({_bytes(sizes[path])})" for path in doomed]
         if args.dry_run:
             print("\n".join([heading, *(f"  {line}" for line in shown)]))
             return 0
@@ -115,14 +116,11 @@ def completed_checkpoints(checkpoint_dir: Path, ident: str, *, keep_best: bool) 
 
 
 def _try_lock(stack: contextlib.ExitStack, checkpoint_dir: Path, ident: str) -> bool:
-    """Hold the experiment's lock until the end, if it has a lock file; False if a run holds it."""
-    from fastzhang import lock
+    """_hold_lock, or False when a run holds the lock (--completed skips that experiment)."""
     from fastzhang.errors import LockHeld
 
-    if not lock.lock_path(checkpoint_dir, ident).is_file():
-        return True  # a run creates its lock file first: no lock file, no run
     try:
-        stack.enter_context(lock.ExperimentLock(checkpoint_dir, ident))
+        _hold_lock(stack, checkpoint_dir, ident)
     except LockHeld:
         return False
     return True
@@ -157,11 +155,16 @@ def _lock_running(stack: contextlib.ExitStack, checkpoint_dir: Path, ids: list[s
     A run always creates its lock file first, so an experiment without one has no
     run to protect and gets no new lock file from us.
     """
+    for ident in ids:
+        _hold_lock(stack, checkpoint_dir, ident)
+
+
+def _hold_lock(stack: contextlib.ExitStack, checkpoint_dir: Path, ident: str) -> None:
+    """Take the experiment's lock until the end if it has a lock file (LockHeld if a run holds it)."""
     from fastzhang import lock
 
-    for ident in ids:
-        if lock.lock_path(checkpoint_dir, ident).is_file():
-            stack.enter_context(lock.ExperimentLock(checkpoint_dir, ident))
+    if lock.lock_path(checkpoint_dir, ident).is_file():
+        stack.enter_context(lock.ExperimentLock(checkpoint_dir, ident))
 
 
 def _carry_out(doomed: list[Path], heading: str, shown: list[str], *, yes: bool) -> bool:

@@ -12,8 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from fastzhang import results, runlog
-from fastzhang.config import LOADERS, SWITCHES, ExperimentConfig
+from fastzhang import runlog
+from fastzhang.config import LOADERS, SPEED_SWITCHES, SWITCHES, ExperimentConfig
 from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
 from fastzhang.errors import UsageError
 from fastzhang.models.registry import MODELS
@@ -69,8 +69,8 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Flags whose values are names, read when the parser is built: the usage shows them; config.py
     checks them (and suggests the closest)."""
-    return {"model": tuple(MODELS), "dataset": DATASETS, "randomization": RANDOMIZATIONS, "amp": SWITCHES,
-            "compile": SWITCHES, "cuda_graphs": SWITCHES, "channels_last": SWITCHES, "loader": LOADERS}
+    return {"model": tuple(MODELS), "dataset": DATASETS, "randomization": RANDOMIZATIONS,
+            **dict.fromkeys(SPEED_SWITCHES, SWITCHES), "loader": LOADERS}
 
 
 EXAMPLES = """examples:
@@ -120,16 +120,22 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+def config_from_args(args: argparse.Namespace, resume_payload: dict | None = None) -> ExperimentConfig:
+    """The run's config; with --resume-from and no recipe, the checkpoint's settings under the flags.
+
+    `resume_payload`: the --resume-from file when the caller has read it already (read here otherwise).
+    """
     fields = set(ExperimentConfig.__dataclass_fields__)
     given = {k: v for k, v in vars(args).items() if k in fields}
     if args.config is not None:
         return ExperimentConfig.from_yaml(args.config, overrides=given)
     resume = getattr(args, "resume_from", None)
     if resume is not None:  # the checkpoint's own settings; flags given override, check_resumable compares
-        from fastzhang.experiment import resume_config
+        from fastzhang.experiment import read_resume_file, resume_settings
 
-        return ExperimentConfig.from_mapping({**resume_config(resume), **given}, source=f"{resume} and flags")
+        payload = resume_payload if resume_payload is not None else read_resume_file(resume)
+        return ExperimentConfig.from_mapping({**resume_settings(payload, resume), **given},
+                                             source=f"{resume} and flags")
     if "model" not in given:
         raise UsageError("run needs --config RECIPE or --model NAME (or --resume-from CHECKPOINT), "
                          "e.g. fastzhang run --config recipes/demo/mlp1_true_labels.yaml; see fastzhang run --help")
@@ -137,11 +143,16 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)  # a bad recipe or flag is refused before torch is even imported
+    payload = None  # --resume-from alone: its settings are the config, so it is read (once) first
+    if args.config is None and args.resume_from is not None:
+        from fastzhang.experiment import read_resume_file
+
+        payload = read_resume_file(args.resume_from)
+    cfg = config_from_args(args, payload)  # a bad recipe or flag is refused before torch is even imported
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
 
     opts = RunOptions(checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir, force=args.force,
-                      resume_from=args.resume_from, quiet=args.quiet)
+                      resume_from=args.resume_from, resume_payload=payload, quiet=args.quiet)
     try:
         outcome = run_experiment(cfg, opts)
     except Interrupted as e:
@@ -184,6 +195,8 @@ def output_words(args: argparse.Namespace) -> list[str]:
 
 
 def completion_block(outcome, args, opts) -> str:
+    from fastzhang.results import how_it_ended  # orjson: not at every CLI start
+
     path = _shown(outcome.results_path)
     clean = shlex.join(["fastzhang", "clean", outcome.experiment_id, *output_words(args)])
     r = outcome.results
@@ -202,7 +215,7 @@ def completion_block(outcome, args, opts) -> str:
         f"  Final train accuracy: {runlog.pct(m.get('final_train_acc'))}",
         f"  Final test accuracy: {runlog.pct(m.get('final_test_acc'))}",
         f"  Total epochs: {r.get('total_epochs')}",
-        f"  Ended: {results.how_it_ended(r)}",
+        f"  Ended: {how_it_ended(r)}",
         f"  Completed: {r.get('timestamp')}",
     ])
 

@@ -100,7 +100,6 @@ def collect(checkpoint_dir: Path, results_dir: Path) -> tuple[list[Row], list[An
 def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     """One experiment's row; `entries` are its results files, oldest first."""
     from fastzhang import checkpoint, lock
-    from fastzhang.train.state import progress as payload_progress
 
     done = [e for e in entries if e.payload is not None and e.payload["completed"]]
     held = lock.is_held(checkpoint_dir, ident)
@@ -116,6 +115,8 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
                    final_train_acc=metrics["final_train_acc"],
                    images_per_second=payload["throughput"]["mean_images_per_second"],
                    updated=_newest(done[-1].path, log), metrics=metrics, snapshots=snapshots)
+
+    from fastzhang.train.state import progress as payload_progress  # imports torch: not for completed rows
 
     ckpt, used, damage = checkpoint.inspect_latest(checkpoint.latest_path(checkpoint_dir, ident))
     bad_results = [e for e in entries if e.problem]

@@ -39,7 +39,6 @@ class ResidentData:
     test_y: torch.Tensor  # int64 [m], true labels
     fingerprint: str  # of the data set before randomization
     fingerprint_name: str | None
-    num_classes: int  # the data set's classes: labels are 0..num_classes-1
 
     @property
     def num_train(self) -> int:
@@ -61,7 +60,7 @@ class ResidentData:
             train_x, train_y = train_x[keep], train_y[keep]
         return cls(_to_device(train_x, np.uint8, device), _to_device(train_y, np.int64, device),
                    _to_device(test_x, np.uint8, device), _to_device(test_y, np.int64, device),
-                   arrays.fingerprint, arrays.fingerprint_name, arrays.num_classes)
+                   arrays.fingerprint, arrays.fingerprint_name)
 
 
 def subset_indices(n: int, k: int, seed: int) -> np.ndarray:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from fastzhang.config import ExperimentConfig
 from fastzhang.models.registry import display_name
 from fastzhang.report.paper import chance_acc
-from fastzhang.report.tables import NOT_RUN, FinishedRun, epochs_text, labels_text, markdown_table, pct, pick
+from fastzhang.report.tables import (
+    NOT_RUN, FinishedRun, diff, epochs_text, labels_text, markdown_table, pct, pick,
+)
 
 DATASET = "cifar100"
 MODELS = ("inception", "alexnet", "mlp1")
@@ -43,7 +45,7 @@ def cifar100_section(runs: list[FinishedRun]) -> list[str]:
                 rows.append([display_name(model), labels, NOT_RUN, NOT_RUN, "—", "—", "—"])
                 continue
             test = run.metrics["final_test_acc"]
-            above = f"{test - chance:+.2f}" if isinstance(test, (int, float)) and test == test else "—"
+            above = diff(test, chance)
             rows.append([display_name(model), labels, pct(run.metrics["final_train_acc"]), pct(test), above,
                          epochs_text(run), f"`{run.experiment_id}`"])
     return [

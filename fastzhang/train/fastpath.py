@@ -28,6 +28,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from fastzhang.errors import one_line
+
 from fastzhang.models.registry import MODELS
 
 WARMUP_STEPS = 3  # eager steps before a capture: compile, cuDNN/cuBLAS workspaces, optimizer state
@@ -194,9 +196,14 @@ class TrainStep:
                 out = self._run(key, x, y)
                 self._proven.add(key)
                 return out
-            except _StageFailed as failed:
+            except _StageFailed as failed:  # the capture itself
                 _restore(self.model, self.optimizer, saved)
                 self._fall_back(failed.switch, failed.__cause__)
+            except Exception as e:  # inductor compiles at the first forward and the first backward
+                if self.forward is self.model:
+                    raise
+                _restore(self.model, self.optimizer, saved)
+                self._fall_back("compile", e)
 
     def _fall_back(self, switch: str, error: BaseException) -> None:
         if switch == "cuda_graphs":
@@ -205,18 +212,12 @@ class TrainStep:
             self.forward = self.model
         self._proven.clear()
         self.speed = dataclasses.replace(self.speed, **{switch: False})
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
-        self.on_fallback(switch, f"{type(error).__name__}: {reason}" if reason else type(error).__name__)
+        self.on_fallback(switch, one_line(error))
 
     def _step(self, x, y):
         """Forward, backward, SGD: the work a graph captures (gradients start as None)."""
-        try:  # inductor compiles the forward at its first call and the backward at its first run
-            loss, right = _forward_loss(self.forward, x, y, self.speed.amp)
-            loss.backward()
-        except Exception as e:
-            if self.forward is not self.model:
-                raise _StageFailed("compile") from e
-            raise
+        loss, right = _forward_loss(self.forward, x, y, self.speed.amp)
+        loss.backward()
         self.optimizer.step()
         return loss.detach(), right
 

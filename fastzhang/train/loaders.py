@@ -24,7 +24,7 @@ import torch
 
 from fastzhang.config import LOADERS
 from fastzhang.data import batches
-from fastzhang.errors import UsageError
+from fastzhang.errors import UsageError, one_line
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,6 +104,5 @@ def _first_batch_problem(fused, plain, data: batches.ResidentData) -> str | None
         got, want = fused(plan, 0), plain(plan, 0)
         torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1.6e-2 if got[0].dtype == torch.bfloat16 else 0)
     except Exception as e:  # a compile error, or an AssertionError naming the mismatch
-        lines = str(e).strip().splitlines() or [""]
-        return f"{type(e).__name__}: {lines[0][:200]}"
+        return one_line(e)
     return None
