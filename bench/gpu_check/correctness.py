@@ -108,7 +108,7 @@ def _layout_toggle(ctx):
     point = fz.kill_after_mid_epoch_checkpoint(first, folder, timeout=ctx.left() - fz.RESUME_S)
     second = fz.start(ctx, [*args, "--channels-last", "on"], folder, "channels_last")
     fz.finish(second, ctx.left() - 5)
-    _, results = fz.outputs(folder)
+    results = fz.results_of(folder)
     execution = results["execution"]
     losses = results["metrics"]["train_loss"]
     resumed = fz.resumed_from(second.stderr)

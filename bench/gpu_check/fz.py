@@ -103,11 +103,19 @@ def fallback_warnings(stderr: str, switch: str) -> int:
     return len(re.findall(rf"fastzhang: warning: [^\n]*\b{switch} failed \(", stderr))
 
 
-def outputs(folder: Path) -> tuple[dict, dict]:
-    """(final checkpoint payload, results payload) of the finished run in `folder`."""
-    from fastzhang import checkpoint, results
+def results_of(folder: Path) -> dict:
+    """The results payload of the finished run in `folder`."""
+    from fastzhang import results
 
     [entry] = results.scan(folder / "results")
     if entry.problem is not None:
         raise AssertionError(f"results file {entry.path}: {entry.problem}")
-    return checkpoint.load(checkpoint.latest_path(folder / "checkpoints", entry.experiment_id)), entry.payload
+    return entry.payload
+
+
+def outputs(folder: Path) -> tuple[dict, dict]:
+    """(final checkpoint payload, results payload) of the finished run in `folder`."""
+    from fastzhang import checkpoint
+
+    payload = results_of(folder)
+    return checkpoint.load(checkpoint.latest_path(folder / "checkpoints", payload["experiment_id"])), payload

@@ -63,7 +63,7 @@ def _row(ctx, row, recipe, index: int):
         fz.finish(proc, ctx.left() - 5)
     except AssertionError as e:
         return FAIL if "exited" in str(e) else SKIP, "not finished", str(e), {}
-    _, results = fz.outputs(folder)
+    results = fz.results_of(folder)
     m = results["metrics"]
     value = (f"train {m['final_train_acc']:.2f}% (paper {row.train}), test {m['final_test_acc']:.2f}% "
              f"(paper {row.test}, {m['final_test_acc'] - row.paper_test:+.2f})")
