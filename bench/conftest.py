@@ -16,14 +16,25 @@ empty in every session (see pytest_configure).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from clock import environment, sync
 from history import machine
+
+# tests/conftest.py as a module: its `device` fixture (the `cuda` marker's device) and its `fastzhang`
+# process helpers serve the benchmarks too. Loaded by path: both files are named conftest.
+_spec = importlib.util.spec_from_file_location("tests_conftest", Path(__file__).parents[1] / "tests" / "conftest.py")
+tests_conftest = sys.modules.setdefault("tests_conftest", importlib.util.module_from_spec(_spec))
+if not hasattr(tests_conftest, "device"):
+    _spec.loader.exec_module(tests_conftest)
+device = tests_conftest.device
 
 N_IMAGES = 10_000  # one round = one epoch over the synthetic set's training images
 ROUNDS = 3
@@ -47,8 +58,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 @pytest.fixture(scope="session")
-def bench_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def bench_device(device) -> torch.device:
+    return device
 
 
 @pytest.fixture(scope="session")

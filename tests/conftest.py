@@ -250,6 +250,18 @@ def served(folder: Path):
 # Fixtures
 
 
+DRY_ENV = "FASTZHANG_GPU_DRY_RUN"
+
+
+@pytest.fixture(scope="session")
+def device():
+    """The device of the tests and benchmarks marked `cuda`: CUDA when there is one, unless
+    FASTZHANG_GPU_DRY_RUN=1; the CPU otherwise. bench/conftest.py shares this fixture."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() and os.environ.get(DRY_ENV) != "1" else "cpu")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
     """Every test extracts into its own cache, never the user's ~/.cache."""
@@ -342,7 +354,9 @@ def fz_env(**extra: str) -> dict:
     count, and two OpenMP threads per process on a shared 2-core machine spin-wait on
     each other until the run crawls.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # A PYTHONPATH of ours comes first: `make gpu-check` puts its offline install of fastzhang there.
+    path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(REPO))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
     env.update(extra)
     return env
 
