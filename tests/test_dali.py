@@ -154,7 +154,7 @@ def test_fastzhang_run_with_dali_gives_the_torch_loaders_metrics(tmp_path):
 
 
 @needs_dali
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline needs CUDA (run by bench/gpu.sh)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline needs CUDA (make bench-gpu runs it on a GPU machine)")
 def test_gpu_pipeline_matches_the_resident_torch_loader_on_cuda():
     from fastzhang.data import batches
     from fastzhang.data.synthetic import make_synthetic
@@ -292,7 +292,7 @@ def test_a_call_that_fails_half_fed_does_not_shift_later_batches(synthetic, monk
 
 
 @needs_dali
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline needs CUDA (run by bench/gpu.sh)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline needs CUDA (make bench-gpu runs it on a GPU machine)")
 def test_cuda_batches_fed_ahead_are_right_behind_queued_work():
     """Sequential steps with a long queue of torch work after each, as training leaves it.
 

@@ -8,7 +8,7 @@
 - fused SGD with a tensor lr (what CUDA graphs use) equals SGD with a float lr;
 - torch.compile, channels_last and bf16 autocast against fp32 eager;
 - evaluation runs under inference_mode;
-- on a CUDA machine (bench/gpu.sh): real CUDA graphs and compile+graphs against eager.
+- on a CUDA machine (`make gpu-check`, marker cuda): real CUDA graphs and compile+graphs against eager.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fastzhang.train.fastpath import (
 from fastzhang.train.loaders import make_loader
 
 PLAIN = Speed(amp=False, compile=False, cuda_graphs=False, channels_last=False)
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu.sh)")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check runs it on a GPU machine)")
 
 
 class RerunGraphs:
@@ -336,7 +336,7 @@ def test_evaluate_runs_under_inference_mode_and_restores_training():
 
 
 # ------------------------------------------------------------------------------------------
-# CUDA (bench/gpu.sh runs these on a GPU machine)
+# CUDA (`make gpu-check` runs these on a GPU machine)
 
 
 def _cuda_steps(name: str, speed: Speed, *, graphs: bool, epochs: int = 2, n: int = 200, batch: int = 64):
@@ -363,6 +363,7 @@ def _cuda_steps(name: str, speed: Speed, *, graphs: bool, epochs: int = 2, n: in
     return run.model, sums, float(run.optimizer.param_groups[0]["lr"])
 
 
+@pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("name,compiled", [("mlp1", False), ("inception", False), ("mlp1", True)],
                          ids=["mlp1", "inception", "mlp1-compiled"])
@@ -385,6 +386,7 @@ def test_cuda_graphs_train_like_eager_on_cuda(monkeypatch, name, compiled):
         assert l1 == pytest.approx(l0, rel=tol["rtol"]) and c1 == c0
 
 
+@pytest.mark.cuda
 @cuda
 def test_full_fast_path_trains_on_cuda():
     """auto on CUDA for a convolutional model: bf16, compile, graphs, channels_last, Triton loader; the loss falls.

@@ -83,15 +83,16 @@ def run_on_cuda(cases):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """(cases, outputs): the kernel's outputs for every case, on the GPU when there is one
-    (bench/gpu.sh runs this file there), else computed by the interpreter."""
+def run(tmp_path_factory, device):
+    """(cases, outputs): the kernel's outputs for every case, on the `device` fixture's GPU when there is
+    one (`make gpu-check`: the tests marked cuda), else computed by the interpreter."""
     cases = make_cases()
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         return cases, run_on_cuda(cases)
     tmp = tmp_path_factory.mktemp("triton")
     torch.save(cases, tmp / "in.pt")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        filter(None, (os.environ.get("PYTHONPATH"), str(ROOT)))))
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "in.pt"), str(tmp / "out.pt")],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,6 +105,7 @@ def reference(case, dtype=None, channels_last=None):
     return preprocess(case["images"][case["idx"]], case["offsets"], dtype=dtype, channels_last=cl)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_float32_matches_reference(run, channels_last):
     cases, out = run
@@ -114,6 +116,7 @@ def test_float32_matches_reference(run, channels_last):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bfloat16_is_float32_rounded_once(run, channels_last):
     cases, out = run
@@ -127,6 +130,7 @@ def test_bfloat16_is_float32_rounded_once(run, channels_last):
     assert (got != want16).float().mean().item() < 1e-3
 
 
+@pytest.mark.cuda
 def test_channels_last_layout(run):
     _, out = run
     nchw, nhwc = out["float32-cl0"], out["float32-cl1"]
@@ -135,6 +139,7 @@ def test_channels_last_layout(run):
     assert torch.equal(nchw, nhwc)
 
 
+@pytest.mark.cuda
 def test_repeated_indices_and_offsets(run):
     cases, out = run
     rows, idx = out["seed3"], cases["seed3"]["idx"]
@@ -146,6 +151,7 @@ def test_repeated_indices_and_offsets(run):
     torch.testing.assert_close(rows, reference(cases["seed3"]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.cuda
 def test_flat_and_nearly_flat_images_use_the_std_floor(run):
     cases, out = run
     got, images = out["flat"], cases["flat"]["images"]
@@ -155,6 +161,7 @@ def test_flat_and_nearly_flat_images_use_the_std_floor(run):
     torch.testing.assert_close(got, reference(cases["flat"]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.cuda
 def test_empty_batch(run):
     _, out = run
     assert out["empty"].shape == (0, 3, 28, 28)
@@ -185,3 +192,45 @@ def test_cpu_tensors_without_the_interpreter_are_a_usage_error(monkeypatch):
         fused_preprocess(*random_batch())
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert unavailable("cpu") is None
+
+
+def loader_epoch(device: torch.device) -> None:
+    """One epoch through the real loaders, "triton" against "torch", random crops, the last batch partial,
+    in both dtypes and layouts: float32 within 1e-5; bfloat16 the float32 value rounded once."""
+    from fastzhang.data.batches import ResidentData, epoch_plan, steps_per_epoch
+    from fastzhang.data.synthetic import make_synthetic
+    from fastzhang.train.loaders import make_loader
+
+    n, batch = (1000, 128) if device.type == "cuda" else (40, 16)  # the last batch holds 104 / 8
+    data = ResidentData.build(make_synthetic(n, 16), randomization="none", corrupt_prob=0.0, seed=0,
+                              train_subset=None, device=device)
+    plan = epoch_plan(0, 1, n, True, device)
+    assert int(plan.offsets.min()) == 0 and int(plan.offsets.max()) == 4
+    for dtype in DTYPES.values():
+        for cl in (False, True):
+            loaders = [make_loader(name, data, batch, dtype=kind, channels_last=cl)
+                       for name, kind in (("triton", dtype), ("torch", dtype), ("torch", torch.float32))]
+            assert loaders[0].name == "triton" and not loaders[0].fallback
+            for step in range(steps_per_epoch(n, batch)):
+                (x, y), (want, want_y), (want32, _) = (loader(plan, step) for loader in loaders)
+                x, want, want32 = x.cpu(), want.cpu(), want32.cpu()
+                assert x.stride() == want.stride() and torch.equal(y.cpu(), want_y.cpu())
+                err = (x.float() - want32).abs()
+                if dtype == torch.float32:
+                    assert err.max() <= 1e-5, (step, float(err.max()))
+                else:
+                    assert bool((err <= BF16_UNIT_ROUNDOFF * want32.abs() + 1e-5).all()), step
+                    assert float((x != want).float().mean()) < 1e-3, step
+
+
+@pytest.mark.cuda
+def test_an_epoch_through_the_triton_loader_matches_the_torch_loader(device, tmp_path):
+    if device.type == "cuda":
+        return loader_epoch(device)
+    child = f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_kernels; " \
+            "test_kernels.loader_epoch(torch.device('cpu')); print('ok')"
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        filter(None, (os.environ.get("PYTHONPATH"), str(ROOT)))))
+    proc = subprocess.run([sys.executable, "-c", child], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
