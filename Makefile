@@ -24,10 +24,10 @@ help:
 	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/, run kept in"
 	@echo "                 bench/history/ (BENCH_THREADS=1 on a shared machine; BENCH_SELECT=expr: pytest -k)"
 	@echo "make bench-compare  the latest run against bench/history/: regressions, trend.png"
-	@echo "make gpu-check   first contact with a CUDA GPU, offline: correctness and speed in ~6 min"
-	@echo "                 (FASTZHANG_GPU_DRY_RUN=1: its plumbing on the CPU; bench/gpu_check/)"
+	@echo "make gpu-check   first contact with a CUDA GPU, offline: the tests and benchmarks marked cuda"
+	@echo "                 in ~6 min, one summary (FASTZHANG_GPU_DRY_RUN=1: all of it on the CPU)"
 	@echo "make gpu-wheels  fill bench/wheels/ (needs package access) for gpu-check on an offline machine"
-	@echo "make bench-gpu   GPU benchmark suite (bench/gpu.sh), for a machine with CUDA"
+	@echo "make bench-gpu   the whole benchmark suite on a CUDA machine, offline, kept in bench/history/"
 	@echo "make table1 | figure1a | figure1b | baseline | random_labels | cifar100 | all"
 	@echo "                 run a category of recipes (completed ones are skipped), then the report"
 	@echo "make report      rebuild results/report from the results files"
@@ -91,16 +91,16 @@ bench: setup-full
 bench-compare: setup-full
 	$(VENV)/bin/python bench/history.py --history $(BENCH_HISTORY) --figure $(BENCH_HISTORY)/trend.png
 
+# The GPU targets run on the machine's own Python (torch with CUDA, Triton, numpy, PyYAML, pytest):
+# no venv of ours. fastzhang and what that Python lacks come from bench/wheels/ (bench/gpu_check.py).
 bench-gpu:
-	PYTHON=$(PYTHON) bash bench/gpu.sh
+	$(PYTHON) bench/gpu_check.py bench
 
-# The GPU check runs on the machine's own Python (torch with CUDA, Triton, numpy, PyYAML, pytest):
-# no venv of ours. fastzhang and what that Python lacks come from bench/wheels/ (bench/gpu_check/).
 gpu-check:
-	PYTHONPATH=bench $(PYTHON) -m gpu_check
+	$(PYTHON) bench/gpu_check.py check
 
 gpu-wheels:
-	PYTHONPATH=bench $(PYTHON) -m gpu_check.wheels bench/wheels
+	$(PYTHON) bench/gpu_check.py wheels bench/wheels
 
 clean-venv:
 	rm -rf $(VENV)
