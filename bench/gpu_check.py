@@ -50,6 +50,9 @@ NOT_BUILT = {".git", ".venv", "venv", "bench", "tests", "docs", "checkpoints", "
              "wandb", ".pytest_cache", ".benchmarks"}
 
 
+NOT_SHOWN = {"images_per_s", "name", "baseline", "device", "torch_threads", "loadavg_1m", "switches"}  # in the JSON
+
+
 class Refused(Exception):
     """Nothing was run: one line for stderr, exit status 2."""
 
@@ -166,7 +169,7 @@ def wheels_main(folder: Path) -> int:
 def pytest_run(out: Path, env: dict, name: str, args: list[str]) -> int:
     """pytest from OUT (the checkout is not on sys.path), its output in OUT/<name>.log and on the terminal."""
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(REPO),
-           "-p", "no:cacheprovider", "-ra", *args]
+           "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "-ra", *args]  # xunit1: test properties kept
     print(f"gpu-check: pytest {' '.join(args)}", flush=True)
     with open(out / f"{name}.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -203,7 +206,7 @@ def benchmark_rows(path: Path) -> list[dict]:
     for b in json.loads(path.read_text()).get("benchmarks", []):
         info = b.get("extra_info", {})
         rows.append({"name": b["name"], "median_s": b["stats"]["median"], "images_per_s": info.get("images_per_s"),
-                     "info": {k: v for k, v in info.items() if k not in ("images_per_s", "name")}})
+                     "info": {k: v for k, v in info.items() if k not in NOT_SHOWN}})
     return rows
 
 
