@@ -2,7 +2,7 @@
 
     python bench/history.py [--history bench/history] [--figure bench/history/trend.png] [--floor 0.10]
 
-Storage is pytest-benchmark's: `make bench` and bench/gpu.sh run pytest with
+Storage is pytest-benchmark's: `make bench` and `make bench-gpu` run pytest with
 `--benchmark-storage=file://bench/history --benchmark-autosave`, which writes one JSON per
 run, bench/history/<interpreter>/NNNN_<commit>_<time>[_uncommitted-changes].json, with
 its commit_info (commit, dirty tree, branch), machine_info and every benchmark's stats

@@ -1,4 +1,4 @@
-"""What the benchmarks and the GPU check (bench/gpu_check/) time: training steps and whole epochs.
+"""What the benchmarks and the GPU check (bench/test_bench_cuda.py) time: training steps and whole epochs.
 
 - train_steps: rounds of train.fastpath.TrainStep (the engine's step: forward, loss,
   backward, SGD, device-side sums) with the engine's optimizer (engine.build_run) on
