@@ -167,7 +167,10 @@ def wheels_main(folder: Path) -> int:
 
 
 def pytest_run(out: Path, env: dict, name: str, args: list[str]) -> int:
-    """pytest from OUT (the checkout is not on sys.path), its output in OUT/<name>.log and on the terminal."""
+    """pytest from OUT (the checkout is not on sys.path), its output in OUT/<name>.log and on the terminal.
+    Compiler caches of its own, empty at the start: the benchmarks' first steps are cold, not the tests' leftovers."""
+    cache = out / "cache" / name
+    env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(REPO),
            "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "-ra", *args]  # xunit1: test properties kept
     print(f"gpu-check: pytest {' '.join(args)}", flush=True)
@@ -228,9 +231,10 @@ def summary(out: Path, dry: bool) -> tuple[str, bool]:
     facts = [(r["name"], k, v) for r in tests for k, v in r["properties"].items()]
     lines += ["## Facts (recorded by the tests)", "", "| test | fact | value |", "| --- | --- | --- |",
               *(f"| {cell(n.split('::')[-1])} | {cell(k)} | {cell(v)} |" for n, k, v in facts), ""]
-    lines += ["## Speed (pytest-benchmark)", "", "| case | images/s | median s | details |", "| --- | --- | --- | --- |",
+    speed = benchmark_rows(out / "benchmarks.json")
+    lines += ["## Speed (pytest-benchmark)", "", "| case | images/s | median s | details |", "|---|---|---|---|",
               *(f"| {cell(b['name'])} | {b['images_per_s'] or ''} | {b['median_s']:.4f} | "
-                f"{cell(json.dumps(b['info'], separators=(',', ':')))} |" for b in benchmark_rows(out / "benchmarks.json")),
+                f"{cell(json.dumps(b['info'], separators=(',', ':')))} |" for b in speed),
               "", "## Every case", "", "| case | outcome | s |", "| --- | --- | --- |",
               *(f"| {cell(r['name'])} | {r['outcome']} | {r['seconds']:.1f} |" for r in cases)]
     return "\n".join(lines) + "\n", ok
@@ -249,8 +253,7 @@ def check(kind: str) -> int:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     lib, added = install(out / "pydeps", conf["wheels"])
     print(f"gpu-check: fastzhang installed in {lib}; from the wheel folder: {', '.join(added) or 'nothing'}")
-    env = {**os.environ, "PYTHONPATH": str(lib), "GPU_CHECK_INSTALL": str(lib),
-           "TORCHINDUCTOR_CACHE_DIR": str(out / "cache" / "inductor"), "TRITON_CACHE_DIR": str(out / "cache" / "triton")}
+    env = {**os.environ, "PYTHONPATH": str(lib), "GPU_CHECK_INSTALL": str(lib)}
     if conf["dry"]:  # a shared CPU: one thread per benchmark, as the tests' `fastzhang` children have
         env.setdefault("FASTZHANG_BENCH_THREADS", "1")
     if kind == "bench":

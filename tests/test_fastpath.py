@@ -34,7 +34,8 @@ from fastzhang.train.fastpath import (
 from fastzhang.train.loaders import make_loader
 
 PLAIN = Speed(amp=False, compile=False, cuda_graphs=False, channels_last=False)
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check runs it on a GPU machine)")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="needs a CUDA device (make gpu-check runs it on a GPU machine)")
 
 
 class RerunGraphs:

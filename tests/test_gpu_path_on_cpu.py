@@ -5,6 +5,9 @@
 - `cuda:N` becomes CUDA's current device before anything is queued;
 - a failed graph capture or compile ends in a finished run with one warning, results equal
   to a run without that switch, and the switches actually used in the results file.
+
+The tests marked `cuda` are the GPU check's (`make gpu-check`): they take their device from
+the `device` fixture, so they run here on the CPU and on CUDA on a GPU machine.
 """
 
 from __future__ import annotations
