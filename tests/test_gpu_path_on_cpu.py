@@ -359,6 +359,11 @@ def test_environment_and_what_auto_picks(device, record_property):
     install = os.environ.get("GPU_CHECK_INSTALL")  # make gpu-check: the product as installed, not the checkout
     if install:
         assert all(Path(install).resolve() in path.parents for path in where), (install, where)
+    for name in ("orjson", "tqdm"):  # fastzhang's dependencies that a GPU machine may lack
+        module = __import__(name)
+        origin = "wheel folder" if install and Path(install).resolve() in Path(module.__file__).resolve().parents \
+            else "this Python"
+        record_property(name, f"{importlib.metadata.version(name)} ({origin})")
     try:
         import triton
         from fastzhang.kernels.preprocess_triton import unavailable
