@@ -79,10 +79,11 @@ BENCH_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 BENCH_SELECT ?=
 # Every run is kept, with its commit and machine, in pytest-benchmark's storage (bench/history.py).
 BENCH_HISTORY := bench/history
+# The benchmarks marked cuda (bench/test_bench_cuda.py) are the GPU check's: make gpu-check, make bench-gpu.
 
 bench: setup-full
 	mkdir -p bench/out
-	FASTZHANG_BENCH_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m pytest bench -q \
+	FASTZHANG_BENCH_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m pytest bench -q -m "not cuda" \
 		--benchmark-json=bench/out/cpu.json -p no:cacheprovider \
 		--benchmark-storage=file://$(BENCH_HISTORY) --benchmark-autosave $(if $(BENCH_SELECT),-k "$(BENCH_SELECT)")
 	$(VENV)/bin/python bench/table.py bench/out/cpu.json | tee bench/out/cpu.md
