@@ -8,7 +8,8 @@
 - fused SGD with a tensor lr (what CUDA graphs use) equals SGD with a float lr;
 - torch.compile, channels_last and bf16 autocast against fp32 eager;
 - evaluation runs under inference_mode;
-- on a CUDA machine (`make gpu-check`, marker cuda): real CUDA graphs and compile+graphs against eager.
+- on a CUDA machine (`make gpu-check`, marker cuda): the full fast path trains (real graphs against
+  eager are tests/test_gpu_path_on_cpu.py's).
 """
 
 from __future__ import annotations
@@ -337,7 +338,8 @@ def test_evaluate_runs_under_inference_mode_and_restores_training():
 
 
 # ------------------------------------------------------------------------------------------
-# CUDA (`make gpu-check` runs these on a GPU machine)
+# CUDA (`make gpu-check` runs this on a GPU machine; graphs against eager on CUDA are
+# tests/test_gpu_path_on_cpu.py::test_cuda_graphs_train_as_eager_does)
 
 
 def _cuda_steps(name: str, speed: Speed, *, graphs: bool, epochs: int = 2, n: int = 200, batch: int = 64):
@@ -362,29 +364,6 @@ def _cuda_steps(name: str, speed: Speed, *, graphs: bool, epochs: int = 2, n: in
         sums.append((loss_sum.item(), correct.item()))
         run.scheduler.step()
     return run.model, sums, float(run.optimizer.param_groups[0]["lr"])
-
-
-@pytest.mark.cuda
-@cuda
-@pytest.mark.parametrize("name,compiled", [("mlp1", False), ("inception", False), ("mlp1", True)],
-                         ids=["mlp1", "inception", "mlp1-compiled"])
-def test_cuda_graphs_train_like_eager_on_cuda(monkeypatch, name, compiled):
-    """200 images in batches of 64 (shapes 64 and 8), two epochs, lr decayed in between.
-
-    With deterministic cuDNN, replayed graphs compute what launched kernels do:
-    equal up to float32 rounding. (Nondeterministic algorithms would let max-pool
-    near-ties turn 1e-7 into percent-level gradient differences, see NOTES §4.)
-    """
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    speed = Speed(amp=False, compile=compiled, cuda_graphs=False, channels_last=False)
-    m0, s0, lr0 = _cuda_steps(name, speed, graphs=False)
-    m1, s1, lr1 = _cuda_steps(name, speed, graphs=True)
-    assert lr1 == lr0 == pytest.approx(0.01 * 0.95**2 if name == "mlp1" else 0.1 * 0.95**2, rel=1e-6)
-    tol = dict(rtol=1e-4, atol=1e-5) if compiled else dict(rtol=1e-5, atol=1e-6)
-    assert_models_equal(m0, m1, **tol)  # weights and BatchNorm statistics: the decayed lr reached the graph
-    for (l0, c0), (l1, c1) in zip(s0, s1):
-        assert l1 == pytest.approx(l0, rel=tol["rtol"]) and c1 == c0
 
 
 @pytest.mark.cuda

@@ -419,6 +419,7 @@ def _assert_close_training(got: dict, want: dict, rtol: float, atol: float) -> N
 
 GRAPH_CASES = [  # model, switches, tolerance: fp32 as tests/test_fastpath.py; compile+AMP looser
     ("mlp1", PLAIN, 1e-5, 1e-6), ("alexnet", PLAIN, 1e-5, 1e-6), ("inception", PLAIN, 1e-5, 1e-6),
+    ("mlp1", dataclasses.replace(PLAIN, compile=True), 1e-4, 1e-5),
     ("alexnet", Speed(amp=True, compile=True, cuda_graphs=False, channels_last=True), 1e-4, 1e-5),
 ]
 
@@ -426,7 +427,7 @@ GRAPH_CASES = [  # model, switches, tolerance: fp32 as tests/test_fastpath.py; c
 @pytest.mark.cuda
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("model,speed,rtol,atol", GRAPH_CASES,
-                         ids=["mlp1-fp32", "alexnet-fp32", "inception-fp32", "alexnet-compile-amp-cl"])
+                         ids=["mlp1-fp32", "alexnet-fp32", "inception-fp32", "mlp1-compile", "alexnet-compile-amp-cl"])
 def test_cuda_graphs_train_as_eager_does(device, one_thread, model, speed, rtol, atol, record_property):
     """2 epochs with graphs against without (cuDNN deterministic). On the CPU there are no graphs and no
     compile: eager against eager, the plumbing only. A silent fallback fails the test."""
