@@ -237,18 +237,3 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     assert_same_run(reference[1], checkpoint.load(latest))
-
-
-def test_cli_prints_completion_block(tmp_path):
-    args = ["--model", "mlp1", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--quiet"]
-    first = _cli(*args, cwd=tmp_path)
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err
-    again = _cli(*args, cwd=tmp_path)
-    out, err = again.communicate(timeout=120)
-    assert again.returncode == 0
-    name = next((tmp_path / "results").glob("*.json")).name
-    assert "⚠️  EXPERIMENT ALREADY COMPLETED" in out
-    assert f"Results file: ./results/{name}" in out
-    assert "3. Delete its checkpoints and results: fastzhang clean mlp1_synthetic_baseline_ep1" in out
-    assert re.search(r"Best test accuracy: \d+\.\d\d%", out) and "Total epochs: 1" in out
