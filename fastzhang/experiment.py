@@ -235,7 +235,16 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
 
     # SIGTERM / SIGINT: finish the step, checkpoint and exit 143 / 130; a second signal insists
     with stop_signals(interrupt_on_second=True) as stop:
-        hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=news.epoch,
+        def stop_requested() -> bool:  # checked after every step and every evaluation batch
+            if stop.signum is not None and not news.stopping:
+                news.stopping = f"{cfg.experiment_id}: {signal.Signals(stop.signum).name}: stopping: checkpoint " \
+                                "after this step"
+                info(news.stopping)  # at once, even under --quiet: it answers the user
+                if not log.stderr_is_log:
+                    log.write(news.stopping)
+            return stop.signum is not None
+
+        hooks = engine.Hooks(save=save, stop_requested=stop_requested, on_epoch=news.epoch,
                              # a progress bar only on a terminal: in a job's log file it is one line per step
                              on_fallback=news.fallback, quiet=opts.quiet or not sys.stderr.isatty())
         if start is None:
@@ -257,6 +266,7 @@ class _News:
     def __init__(self, cfg: ExperimentConfig, log: RunLog, tracker, first_epoch: int):
         self.cfg, self.log, self.tracker = cfg, log, tracker
         self.fallbacks: list[dict] = []
+        self.stopping = ""  # the acknowledgement of a stop request, once said
         self.began = (first_epoch, time.monotonic())  # wall time per epoch, evaluation and checkpoints included
 
     def fallback(self, switch: str, reason: str) -> None:

@@ -115,6 +115,34 @@ def test_resume_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch, reference):
     assert_same_run(reference[1], final_state(tmp_path, tiny()))
 
 
+def test_a_signal_during_the_last_evaluation_stops_at_once_and_resumes_exactly(tmp_path, monkeypatch, capsys,
+                                                                            reference):
+    """A real SIGINT while the last epoch is evaluated: said at once (terminal and log), checkpointed, exact."""
+    original = engine.eval_batches
+
+    def batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the 4th epoch's evaluation, before its first batch is evaluated
+            os.kill(os.getpid(), signal.SIGINT)
+        yield from original(*args, **kwargs)
+
+    calls: list = []
+    monkeypatch.setattr(engine, "eval_batches", batches)
+    with pytest.raises(Interrupted) as stopped:
+        run_experiment(tiny(), opts(tmp_path))
+    assert stopped.value.exit_code == 130
+    said = f"{tiny().experiment_id}: SIGINT: stopping: checkpoint after this step"
+    assert said in capsys.readouterr().err.splitlines()[0]  # under --quiet too
+    logged = [line[20:] for line in checkpoint.log_path(tmp_path / "checkpoints", tiny().experiment_id)
+              .read_text().splitlines()]
+    assert logged[-2:] == [said, f"{tiny().experiment_id}: stopped by SIGINT after epoch 3, step 16; checkpoint saved"]
+    saved = final_state(tmp_path, tiny())
+    assert (saved["epoch"], saved["step_in_epoch"]) == (3, 16) and not list((tmp_path / "results").glob("*.json"))
+    monkeypatch.undo()
+    run_experiment(tiny(), opts(tmp_path))
+    assert_same_run(reference[1], final_state(tmp_path, tiny()))
+
+
 def test_results_file_schema(reference):
     root, _, path = reference
     assert re.fullmatch(r"mlp1_synthetic_baseline_bs64_ep4_\d{8}_\d{6}\.json", path.name)
