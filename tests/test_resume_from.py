@@ -69,3 +69,14 @@ def test_other_fields_are_refused_with_advice_that_works_and_force_is_refused(tm
     followed = Fz(shlex.split(fresh)[1:], tmp_path, name="fresh")  # the requested settings, from epoch 1
     assert followed.wait() == 0, followed.stderr
     assert results.files_for(tmp_path / "results", "mlp1_synthetic_baseline_bs64_ep1_seed3")
+
+
+def test_a_cut_off_checkpoint_is_exit_4_with_one_clear_line(tmp_path):
+    assert _run(tmp_path, "--epochs", "1", name="one").proc.returncode == 0
+    cut = tmp_path / "cut.pth"
+    data = checkpoint.latest_path(tmp_path / "checkpoints", "mlp1_synthetic_baseline_bs64_ep1").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    fz = _run(tmp_path, "--resume-from", cut, name="cut")
+    assert fz.proc.returncode == 4 and stderr_lines(fz.stderr) == [
+        f"fastzhang: error: --resume-from {cut}: a cut-off or damaged torch archive (RuntimeError: "
+        "PytorchStreamReader failed reading zip archive: failed finding central directory)"]
