@@ -77,6 +77,7 @@ EXAMPLES = """examples:
   fastzhang run --config recipes/demo/mlp1_random_labels.yaml
   fastzhang run --model mlp1 --randomization partial --corrupt-prob 0.2 --epochs 20
   fastzhang run --resume-from checkpoints/ID_checkpoint.pth      # continue that experiment
+  fastzhang run --resume-from checkpoints/ID_checkpoint.pth --epochs 200   # extend it to 200 epochs
   fastzhang run --config recipes/table1/mlp1_baseline.yaml --force   # train it again from epoch 1
 
 Progress: per-epoch lines on stderr (a progress bar on a terminal) and in
