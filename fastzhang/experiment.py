@@ -124,6 +124,11 @@ def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | Non
     if found is None:
         return None
     path, payload = found
+    from fastzhang import checkpoint  # names only: no torch
+
+    latest = checkpoint.latest_path(opts.checkpoint_dir, eid)
+    if latest.exists() and latest.stat().st_mtime > path.stat().st_mtime:
+        return None  # a --force run started since and was stopped: resume it, as its stop message says
     return Outcome("already_completed", eid, path, payload)
 
 

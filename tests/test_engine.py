@@ -195,6 +195,17 @@ def test_force_trains_again_and_keeps_old_results(tmp_path):
     assert second.results["metrics"]["test_acc"] == first.results["metrics"]["test_acc"]  # same seed, same run
 
 
+def test_a_stopped_force_run_resumes_with_the_command_its_stop_message_gives(tmp_path, monkeypatch, reference):
+    run_experiment(tiny(), opts(tmp_path))
+    time.sleep(0.02)  # the restart's checkpoints are newer than the old results file
+    with stop_requested_after(monkeypatch, epoch=1):
+        with pytest.raises(Interrupted):
+            run_experiment(tiny(), opts(tmp_path, force=True))
+    again = run_experiment(tiny(), opts(tmp_path))  # the same command, without --force
+    assert again.status == "trained" and len(results.files_for(tmp_path / "results", tiny().experiment_id)) == 2
+    assert_same_run(reference[1], final_state(tmp_path, tiny()))
+
+
 def test_resume_from_matching_and_mismatching_checkpoint(tmp_path, reference):
     root, ref_state, _ = reference
     best = checkpoint.best_path(root / "checkpoints", tiny().experiment_id)
