@@ -58,9 +58,11 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     # Refuse bad input before anything is written, a completed experiment's included.
     _refuse_bad_settings(cfg, opts)
     given = _load_resume_file(cfg, opts) if opts.resume_from else None
+    if given is not None:
+        from fastzhang.train import state
     # A completed experiment trains again only with --force, or from a --resume-from checkpoint that has
     # epochs left (a snapshot, or an extension to more epochs).
-    check_done = not opts.force and (given is None or _nothing_left(cfg, given))
+    check_done = not opts.force and (given is None or state.finished(given, cfg))
     if check_done:
         done = _completed(opts, eid)
         if done:
@@ -111,12 +113,6 @@ def _refuse_bad_settings(cfg: ExperimentConfig, opts: RunOptions) -> None:
         from fastzhang.train.fastpath import resolve_device
 
         resolve_device(cfg.device)
-
-
-def _nothing_left(cfg: ExperimentConfig, payload: dict) -> bool:
-    from fastzhang.train import state
-
-    return state.finished(payload, cfg)
 
 
 def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | None:
