@@ -231,7 +231,8 @@ class _Display:
         self.shown_seen = self.sums["seen"]
 
 
-def _finish_epoch(cfg, run: Run, data, speed: Speed, stop_requested: Callable[[], bool]) -> dict | None:
+def _finish_epoch(cfg, run: Run, data, speed: Speed,
+                  stop_requested: Callable[[], bool] = lambda: False) -> dict | None:
     """Evaluate, record the epoch's metrics, step the schedule; returns the epoch's row, or None (and
     changes nothing) when a stop was requested during the evaluation."""
     epoch = run.epoch + 1
