@@ -15,7 +15,7 @@ from pathlib import Path
 from fastzhang import runlog
 from fastzhang.config import LOADERS, SPEED_SWITCHES, SWITCHES, ExperimentConfig
 from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
-from fastzhang.errors import UsageError
+from fastzhang.errors import ConfigMismatch, UsageError
 from fastzhang.models.registry import MODELS
 
 # flag -> (config field, argparse type, help); {names} in a help are filled by _listed()
@@ -152,7 +152,6 @@ def _run(args: argparse.Namespace) -> int:
         payload = read_resume_file(args.resume_from)
     cfg = config_from_args(args, payload)  # a bad recipe or flag is refused before torch is even imported
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
-    from fastzhang.train.state import ConfigMismatch
 
     opts = RunOptions(checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir, force=args.force,
                       resume_from=args.resume_from, resume_payload=payload, quiet=args.quiet)

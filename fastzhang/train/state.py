@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fastzhang.config import ExperimentConfig
-from fastzhang.errors import UsageError
+from fastzhang.errors import ConfigMismatch, UsageError
 from fastzhang.train.engine import METRIC_KEYS, Run, end_cause
 
 # key -> what it holds. Every key is written by to_payload and needed by restore.
@@ -77,14 +77,6 @@ def is_best(run: Run, mid_epoch: bool) -> bool:
 
 # ------------------------------------------------------------------------------------------
 # Checking a payload before resuming from it
-
-
-class ConfigMismatch(UsageError):
-    """A checkpoint of another configuration; `what` names the fields (`run` adds commands that work)."""
-
-    def __init__(self, what: str, fields: list[str]):
-        super().__init__(f"{what}; use --force to start over, or pick the matching checkpoint")
-        self.what, self.fields = what, fields
 
 
 def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
