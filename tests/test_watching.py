@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+import pytest
 from pathlib import Path
 
 from conftest import TINY_RUN, Fz, assert_same_training, fz_env, run_cli, stderr_lines
@@ -161,3 +163,12 @@ def test_a_warning_is_in_the_log_once_when_stderr_is_the_log(tmp_path, monkeypat
         RunLog(log_path, quiet=False).say("epoch 1")
     assert [line.split(": ", 1)[-1] for line in log_path.read_text().splitlines()] == ["warning: compile failed",
                                                                                     "epoch 1"]
+
+
+@pytest.mark.e2e
+def test_skipping_a_completed_experiment_imports_no_torch(tmp_path):
+    assert Fz([*SMALL, "--quiet"], tmp_path).wait() == 0
+    code = (f"import sys; from fastzhang.cli import main; code = main({[*SMALL, '--quiet']!r}); "
+            "sys.exit(10 + code if 'torch' in sys.modules else code)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=fz_env(), capture_output=True, text=True)
+    assert done.returncode == 0 and "EXPERIMENT ALREADY COMPLETED" in done.stdout, (done.returncode, done.stderr)
