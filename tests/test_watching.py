@@ -14,9 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from conftest import TINY_RUN, Fz, assert_same_training, fz_env, run_cli, stderr_lines
 
