@@ -47,6 +47,7 @@ _ANY_ID_TMP_RE = re.compile(rf"^\.(?P<id>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
 
 
 CHECKSUM_MISMATCH = "checksum mismatch"
+CUT_OFF = "a cut-off or damaged torch archive"
 
 
 class CheckpointCorrupt(CheckpointError):
@@ -60,7 +61,7 @@ class CheckpointCorrupt(CheckpointError):
     @property
     def was_ours(self) -> bool:
         """A fastzhang checkpoint whose bytes changed since save(), not some other file."""
-        return self.reason.startswith(CHECKSUM_MISMATCH)
+        return self.reason.startswith((CHECKSUM_MISMATCH, CUT_OFF))
 
 
 # ------------------------------------------------------------------------------------------
@@ -245,6 +246,8 @@ def load(path: str | Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
+        if data[:4] == b"PK\x03\x04" and not isinstance(e, pickle.UnpicklingError):  # torch.save's zip, cut off
+            raise CheckpointCorrupt(path, f"{CUT_OFF} ({type(e).__name__}: {str(e).split('. ')[0][:120]})") from None
         raise CheckpointCorrupt(path, _load_failure(e)) from None
     problem = _payload_problem(payload)
     if problem:
@@ -288,10 +291,10 @@ def _payload_problem(payload: Any) -> str | None:
 # ------------------------------------------------------------------------------------------
 # Resume: the newest good checkpoint
 
-def load_latest(path: str | Path) -> tuple[dict[str, Any], Path] | None:
+def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | None:
     """The payload of `path`, else of its `.prev`, with the file it came from.
 
-    None when neither file exists. A damaged file next to a good one is renamed to
+    None when neither file exists; `warn` gets what was used instead and why. A damaged file next to a good one is renamed to
     `{name}.corrupt-{timestamp}` with a warning (so the next save cannot rotate it
     over the good one); when every existing file is damaged, `CheckpointError`
     names them all and nothing is touched.

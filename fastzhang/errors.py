@@ -18,6 +18,14 @@ class UsageError(FastZhangError):
     exit_code = 2
 
 
+class ConfigMismatch(UsageError):
+    """A checkpoint of another configuration; `what` names the fields (`run` adds commands that work)."""
+
+    def __init__(self, what: str, fields: list[str]):
+        super().__init__(f"{what}; use --force to start over, or pick the matching checkpoint")
+        self.what, self.fields = what, fields
+
+
 class DataError(UsageError):
     """The data set is missing, unreadable or not what it claims to be."""
 

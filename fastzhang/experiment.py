@@ -55,9 +55,15 @@ class Interrupted(Exception):
 
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     eid = cfg.experiment_id
-    # Refuse bad input before anything is written (a --resume-from file even when the run is done).
+    # Refuse bad input before anything is written, a completed experiment's included.
+    _refuse_bad_settings(cfg, opts)
     given = _load_resume_file(cfg, opts) if opts.resume_from else None
-    if not opts.force:  # a completed experiment trains again, from scratch or a snapshot, only with --force
+    if given is not None:
+        from fastzhang.train import state
+    # A completed experiment trains again only with --force, or from a --resume-from checkpoint that has
+    # epochs left (a snapshot, or an extension to more epochs).
+    check_done = not opts.force and (given is None or state.finished(given, cfg))
+    if check_done:
         done = _completed(opts, eid)
         if done:
             return done
@@ -74,22 +80,39 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions) -> Outcome:
     prepared = _prepare(cfg, arrays)  # device, train_subset, loader: refused here, before the lock file
 
     with ExperimentLock(opts.checkpoint_dir, eid):
-        if not opts.force:
+        if check_done:
             done = _completed(opts, eid, report=False)  # finished by another process while we loaded data
             if done:
                 return done
         _remove_stale_temporaries(opts, eid)
         latest = checkpoint.latest_path(opts.checkpoint_dir, eid)
+        notes: list[str] = []  # a .prev fallback's warning, for the terminal and the run's log
         if given is not None:
             start = given
         elif opts.force:
             start = None
         else:
-            found = checkpoint.load_latest(latest)
+            found = checkpoint.load_latest(latest, warn=notes.append)
             start = state.check_resumable(found[0], cfg, found[1]) if found else None
             if start is not None:
                 state.check_data(start, arrays.fingerprint, arrays.source)
-        return _train(cfg, opts, arrays, prepared, start, wandb, latest)
+        return _train(cfg, opts, arrays, prepared, start, wandb, latest, notes)
+
+
+def _refuse_bad_settings(cfg: ExperimentConfig, opts: RunOptions) -> None:
+    """What can be refused without loading data: output folders, a named data folder, a CUDA device."""
+    for flag, folder in (("--checkpoint-dir", opts.checkpoint_dir), ("--results-dir", opts.results_dir)):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise UsageError(f"{flag} {folder}: not a folder")
+    if cfg.dataset != "synthetic":
+        from fastzhang.data import cifar, download
+
+        download.refuse_missing_named_folder(download.resolve_data_dir(cfg.data_dir), cfg.data_dir,
+                                             cifar.SPECS[cfg.dataset])
+    if cfg.device.startswith("cuda"):  # needs torch, so only when CUDA is asked for by name
+        from fastzhang.train.fastpath import resolve_device
+
+        resolve_device(cfg.device)
 
 
 def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | None:
@@ -97,12 +120,20 @@ def _completed(opts: RunOptions, eid: str, report: bool = True) -> Outcome | Non
     if found is None:
         return None
     path, payload = found
+    from fastzhang import checkpoint  # names only: no torch
+
+    latest = checkpoint.latest_path(opts.checkpoint_dir, eid)
+    if latest.exists() and latest.stat().st_mtime > path.stat().st_mtime:
+        return None  # a --force run started since and was stopped: resume it, as its stop message says
     return Outcome("already_completed", eid, path, payload)
 
 
 def _load_resume_file(cfg: ExperimentConfig, opts: RunOptions) -> dict:
     from fastzhang.train import state
 
+    if opts.force:
+        raise UsageError("--force trains from epoch 1 and --resume-from continues a checkpoint: give one of them "
+                         "(--resume-from alone trains a completed experiment again from that checkpoint)")
     payload = opts.resume_payload if opts.resume_payload is not None else read_resume_file(opts.resume_from)
     return state.check_resumable(payload, cfg, Path(opts.resume_from))
 
@@ -177,12 +208,14 @@ def _prepare(cfg: ExperimentConfig, arrays) -> tuple:
 
 
 def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, start: dict | None, wandb,
-           latest: Path) -> Outcome:
+           latest: Path, notes: list[str]) -> Outcome:
     from fastzhang import checkpoint
     from fastzhang.train import engine, state
 
     data, speed, loader = prepared
     log = RunLog(checkpoint.log_path(opts.checkpoint_dir, cfg.experiment_id), quiet=opts.quiet)
+    for note in notes:
+        log.warning(note)
     run = _start_run(cfg, data.device, speed, start, log)
     best = checkpoint.best_path(opts.checkpoint_dir, cfg.experiment_id)
     tracker = tracking.start(wandb, cfg, run.wandb_run_id, say=log.say, warn=log.warning) if wandb else None
@@ -203,7 +236,16 @@ def _train(cfg: ExperimentConfig, opts: RunOptions, arrays, prepared: tuple, sta
 
     # SIGTERM / SIGINT: finish the step, checkpoint and exit 143 / 130; a second signal insists
     with stop_signals(interrupt_on_second=True) as stop:
-        hooks = engine.Hooks(save=save, stop_requested=lambda: stop.signum is not None, on_epoch=news.epoch,
+        def stop_requested() -> bool:  # checked after every step and every evaluation batch
+            if stop.signum is not None and not news.stopping:
+                news.stopping = f"{cfg.experiment_id}: {signal.Signals(stop.signum).name}: stopping: checkpoint " \
+                                "after this step"
+                info(news.stopping)  # at once, even under --quiet: it answers the user
+                if not log.stderr_is_log:
+                    log.write(news.stopping)
+            return stop.signum is not None
+
+        hooks = engine.Hooks(save=save, stop_requested=stop_requested, on_epoch=news.epoch,
                              # a progress bar only on a terminal: in a job's log file it is one line per step
                              on_fallback=news.fallback, quiet=opts.quiet or not sys.stderr.isatty())
         if start is None:
@@ -225,6 +267,7 @@ class _News:
     def __init__(self, cfg: ExperimentConfig, log: RunLog, tracker, first_epoch: int):
         self.cfg, self.log, self.tracker = cfg, log, tracker
         self.fallbacks: list[dict] = []
+        self.stopping = ""  # the acknowledgement of a stop request, once said
         self.began = (first_epoch, time.monotonic())  # wall time per epoch, evaluation and checkpoints included
 
     def fallback(self, switch: str, reason: str) -> None:
@@ -264,12 +307,19 @@ def _start_run(cfg: ExperimentConfig, device, speed, start: dict | None, log: Ru
 
     run = engine.build_run(cfg, device, speed)
     what = f"{runlog.describe(cfg)}; on {device} ({_speed_text(speed)}); log {log.path}"
-    if start is not None:
-        state.restore(run, start)
+    if start is None:
+        log.say(f"{cfg.experiment_id}: starting: {what}")
+        return run
+    state.restore(run, start)
+    source = start.get("experiment_id")
+    if engine.finished(cfg, run):  # the results file was deleted: recovery, not a re-run
+        log.say(f"{cfg.experiment_id}: results missing: rewritten from the final checkpoint, nothing retrained")
+    elif source != cfg.experiment_id:  # --resume-from with another --epochs: the schedule makes it exact
+        run.wandb_run_id = None  # another experiment: its own W&B run
+        log.say(f"{cfg.experiment_id}: continuing {source} after epoch {run.epoch}: {what}")
+    else:
         log.say(f"{cfg.experiment_id}: resuming after epoch {run.epoch}"
                 + (f", step {run.step_in_epoch}" if run.step_in_epoch else "") + f": {what}")
-    else:
-        log.say(f"{cfg.experiment_id}: starting: {what}")
     return run
 
 

@@ -160,6 +160,8 @@ CASES = [
          "--resume-from empty.pth: the file is empty (0 bytes)", zero_length_file),
     Case("resume-from-other-config", ["run", *TINY, "--seed", "0", "--resume-from", "other.pth"],
          "belongs to a different configuration (seed: checkpoint 7 vs requested 0)", checkpoint_of_another_config),
+    Case("checkpoint-dir-is-a-file", ["run", *TINY, "--checkpoint-dir", "notes.txt"],
+         "--checkpoint-dir notes.txt: not a folder", a_file),
     Case("resume-from-incomplete", ["run", *TINY, "--resume-from", "bare.pth"],
          "bare.pth lacks step_in_epoch, global_step, model_state_dict", checkpoint_without_weights),
 ]
@@ -240,3 +242,21 @@ def test_bad_input_is_refused_by_real_processes(tmp_path):
     for case, cwd, before, fz in started:
         code = fz.wait(timeout=120)
         assert_refused(case, cwd, before, code, fz.stdout, fz.stderr)
+
+
+def test_a_completed_experiment_with_bad_settings_is_refused_like_any_other(tmp_path, monkeypatch, capsys,
+                                                                           no_network, one_thread):
+    make_cifar_dir(tmp_path, "python", name="data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cifar, "PER_BATCH", 20)
+    args = ["run", *TINY, "--dataset", "cifar10", "--data-dir", "data", "--epochs", "1", "--quiet"]
+    assert run_cli(args) == 0
+    assert run_cli(args) == 0 and "EXPERIMENT ALREADY COMPLETED" in capsys.readouterr().out
+    bad = {"--data-dir": ("nope", "nope: no such folder (named by --data-dir / data_dir); fix the path, or create "
+                                  "the folder to download CIFAR-10 into it")}
+    if not torch.cuda.is_available():
+        bad["--device"] = ("cuda", "device 'cuda' requested but CUDA is not available on this machine")
+    for flag, (value, says) in bad.items():
+        assert run_cli([*args, flag, value]) == 2, flag
+        captured = capsys.readouterr()
+        assert captured.out == "" and stderr_lines(captured.err) == [f"fastzhang: error: {says}"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import Fz, fz_env
 from fastzhang import checkpoint, lock, results
 from fastzhang.batch import local
 from fastzhang.batch.plan import BatchOptions, collect, format_summary
@@ -167,7 +168,7 @@ def test_capacity_threads_and_commands(tmp_path):
     assert local.capacity(["0", "1"], 4, None) == 8
     assert local.capacity(["0", "1"], 4, 5) == 5
     env = local.worker_env({"PATH": "/bin", "MKL_NUM_THREADS": "7"}, gpu="GPU-abc", threads=2)
-    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "GPU-abc", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "7"}
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "GPU-abc", "OMP_NUM_THREADS": "7", "MKL_NUM_THREADS": "7"}
     path = tmp_path / "r.yaml"
     path.write_text("model: mlp1\ndataset: synthetic\ndevice: cuda:1\ndata_dir: /data\n")
     [task], _ = collect([path])
@@ -224,3 +225,15 @@ def test_sigint_stops_the_running_one_after_its_checkpoint_and_starts_no_more(tm
     saved, _ = checkpoint.load_latest(latest)
     assert saved["epoch"] < 200
     assert not lock.lock_path(ckpt, eid(second)).exists()  # never started
+
+
+@pytest.mark.e2e
+def test_a_thread_count_the_user_chose_is_the_one_every_run_uses(tmp_path):
+    """OMP_NUM_THREADS=1 alone: torch follows MKL_NUM_THREADS when set, so the batch must not set it otherwise."""
+    recipe = write_recipe(tmp_path / "r", "a.yaml", seed=1, epochs=1, subset=256)
+    env = {k: v for k, v in fz_env(OMP_NUM_THREADS="1").items() if k != "MKL_NUM_THREADS"}
+    fz = Fz(["batch", recipe, "--max-parallel", "1"], tmp_path, env=env)
+    assert fz.wait() == 0, fz.stderr
+    assert "(CPU, 1 thread(s) each)" in (fz.stderr + fz.stdout).splitlines()[0]
+    [found] = results.scan(tmp_path / "results")
+    assert found.payload["execution"]["threads"] == 1

@@ -257,7 +257,7 @@ def _truncated(path: Path) -> None:
 @pytest.mark.parametrize(
     "make, reason",
     [
-        (_truncated, "not a readable torch file"),
+        (_truncated, "a cut-off or damaged torch archive"),
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not a readable torch file"),
         (lambda p: p.write_text('{"epoch": 3, "format": "fastzhang-checkpoint"}'), "not a readable torch file"),

@@ -115,6 +115,34 @@ def test_resume_mid_epoch_is_bitwise_exact(tmp_path, monkeypatch, reference):
     assert_same_run(reference[1], final_state(tmp_path, tiny()))
 
 
+def test_a_signal_during_the_last_evaluation_stops_at_once_and_resumes_exactly(tmp_path, monkeypatch, capsys,
+                                                                            reference):
+    """A real SIGINT while the last epoch is evaluated: said at once (terminal and log), checkpointed, exact."""
+    original = engine.eval_batches
+
+    def batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the 4th epoch's evaluation, before its first batch is evaluated
+            os.kill(os.getpid(), signal.SIGINT)
+        yield from original(*args, **kwargs)
+
+    calls: list = []
+    monkeypatch.setattr(engine, "eval_batches", batches)
+    with pytest.raises(Interrupted) as stopped:
+        run_experiment(tiny(), opts(tmp_path))
+    assert stopped.value.exit_code == 130
+    said = f"{tiny().experiment_id}: SIGINT: stopping: checkpoint after this step"
+    assert said in capsys.readouterr().err.splitlines()[0]  # under --quiet too
+    logged = [line[20:] for line in checkpoint.log_path(tmp_path / "checkpoints", tiny().experiment_id)
+              .read_text().splitlines()]
+    assert logged[-2:] == [said, f"{tiny().experiment_id}: stopped by SIGINT after epoch 3, step 16; checkpoint saved"]
+    saved = final_state(tmp_path, tiny())
+    assert (saved["epoch"], saved["step_in_epoch"]) == (3, 16) and not list((tmp_path / "results").glob("*.json"))
+    monkeypatch.undo()
+    run_experiment(tiny(), opts(tmp_path))
+    assert_same_run(reference[1], final_state(tmp_path, tiny()))
+
+
 def test_results_file_schema(reference):
     root, _, path = reference
     assert re.fullmatch(r"mlp1_synthetic_baseline_bs64_ep4_\d{8}_\d{6}\.json", path.name)
@@ -165,6 +193,17 @@ def test_force_trains_again_and_keeps_old_results(tmp_path):
     second = run_experiment(cfg, opts(tmp_path, force=True))
     assert second.status == "trained" and first.results_path.exists() and second.results_path != first.results_path
     assert second.results["metrics"]["test_acc"] == first.results["metrics"]["test_acc"]  # same seed, same run
+
+
+def test_a_stopped_force_run_resumes_with_the_command_its_stop_message_gives(tmp_path, monkeypatch, reference):
+    run_experiment(tiny(), opts(tmp_path))
+    time.sleep(0.02)  # the restart's checkpoints are newer than the old results file
+    with stop_requested_after(monkeypatch, epoch=1):
+        with pytest.raises(Interrupted):
+            run_experiment(tiny(), opts(tmp_path, force=True))
+    again = run_experiment(tiny(), opts(tmp_path))  # the same command, without --force
+    assert again.status == "trained" and len(results.files_for(tmp_path / "results", tiny().experiment_id)) == 2
+    assert_same_run(reference[1], final_state(tmp_path, tiny()))
 
 
 def test_resume_from_matching_and_mismatching_checkpoint(tmp_path, reference):
@@ -237,18 +276,3 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     assert_same_run(reference[1], checkpoint.load(latest))
-
-
-def test_cli_prints_completion_block(tmp_path):
-    args = ["--model", "mlp1", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--quiet"]
-    first = _cli(*args, cwd=tmp_path)
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err
-    again = _cli(*args, cwd=tmp_path)
-    out, err = again.communicate(timeout=120)
-    assert again.returncode == 0
-    name = next((tmp_path / "results").glob("*.json")).name
-    assert "⚠️  EXPERIMENT ALREADY COMPLETED" in out
-    assert f"Results file: ./results/{name}" in out
-    assert "3. Delete its checkpoints and results: fastzhang clean mlp1_synthetic_baseline_ep1" in out
-    assert re.search(r"Best test accuracy: \d+\.\d\d%", out) and "Total epochs: 1" in out

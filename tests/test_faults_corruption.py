@@ -119,7 +119,7 @@ def text_file(path: Path) -> None:
 
 
 DAMAGE = [
-    (truncate, "not a readable torch file"),
+    (truncate, "a cut-off or damaged torch archive"),
     (empty, "the file is empty (0 bytes)"),
     (flip_tensor_bit, "checksum mismatch"),
     (flip_pickle_bit, ""),
@@ -141,6 +141,8 @@ def test_damaged_latest_falls_back_to_prev_and_ends_exact(lab, runs, capsys, dam
     assert len(err) == 1, err
     assert err[0].startswith(f"fastzhang: warning: checkpoint {latest} is damaged ({reason}")
     assert err[0].endswith(f"); using {prev}; the damaged file is kept as {kept}")
+    logged = checkpoint.log_path(latest.parent, latest.name.removesuffix("_checkpoint.pth")).read_text()
+    assert err[0].replace("fastzhang: ", "", 1) in logged  # the run's log says so too
     assert kept.read_bytes() == bad  # kept for inspection, byte for byte
     payload = assert_equals_reference(root, runs[0])
     # Epoch 1's measured time comes from .prev (a fresh start would have measured it again);
@@ -157,7 +159,7 @@ def test_no_good_checkpoint_stops_with_exit_4_and_touches_nothing(lab, runs, cap
     captured = capsys.readouterr()
     assert captured.out == ""
     [line] = stderr_lines(captured.err)
-    assert line.startswith(f"fastzhang: error: no usable checkpoint ({latest}: not a readable torch file")
+    assert line.startswith(f"fastzhang: error: no usable checkpoint ({latest}: a cut-off or damaged torch archive")
     assert f"; {prev}: checksum mismatch" in line
     assert line.endswith("nothing was deleted: inspect or remove these files, "
                          "or pass --force to start the experiment over")

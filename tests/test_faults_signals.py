@@ -61,7 +61,7 @@ def test_sigterm_sigint_and_double_sigint_then_exact_resumption(tmp_path, refere
     reference = reference_run(ARGS)
     rng = random.Random(143_130)
     latest = checkpoint.latest_path(tmp_path / "checkpoints", EID)
-    saved_note = f"checkpoint saved to checkpoints/{EID}_checkpoint.pth; to resume, run the same command again: " \
+    saved_note = f"checkpoint saved to checkpoints/{EID}_checkpoint.pth; to resume: " \
                  "fastzhang run --model mlp1"
     expected = None
 

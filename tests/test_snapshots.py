@@ -34,11 +34,11 @@ def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path):
     last = checkpoint.load(checkpoint.snapshot_path(ckpt, EID, 6))
     assert all(torch.equal(last["model_state_dict"][k], v) for k, v in final["model_state_dict"].items())
 
-    again = Fz([*ARGS, "--resume-from", snapshot], tmp_path, name="again")  # completed: needs --force
-    assert again.wait() == 0, again.stderr
+    again = Fz([*ARGS, "--resume-from", checkpoint.snapshot_path(ckpt, EID, 6)], tmp_path, name="again")
+    assert again.wait() == 0, again.stderr  # the final snapshot: nothing left to train
     assert "EXPERIMENT ALREADY COMPLETED" in again.stdout and len(_results(tmp_path)) == 1
 
-    restarted = Fz([*ARGS, "--resume-from", snapshot, "--force"], tmp_path, name="restarted")
+    restarted = Fz([*ARGS, "--resume-from", snapshot], tmp_path, name="restarted")  # trains epochs 3-6 again
     assert restarted.wait() == 0, restarted.stderr
     old, new = _results(tmp_path)
     for key, series in old["metrics"].items():
@@ -67,7 +67,7 @@ def test_a_damaged_snapshot_is_refused_with_exit_4_and_nothing_written(tmp_path)
     data[at] ^= 0x01
     snapshot.write_bytes(bytes(data))
     before = files_under(tmp_path / "checkpoints"), files_under(tmp_path / "results")
-    bad = Fz([*ARGS, "--epochs", "3", "--resume-from", snapshot, "--force"], tmp_path, name="bad")
+    bad = Fz([*ARGS, "--epochs", "3", "--resume-from", snapshot], tmp_path, name="bad")
     assert bad.wait() == 4
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"fastzhang: error: --resume-from {snapshot}: checksum mismatch")

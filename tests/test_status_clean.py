@@ -119,7 +119,7 @@ def test_status_after_lock_released_and_with_damaged_latest(lab, capsys):
     rows, out = status_rows(capsys)
     assert rows[RUNNING].split()[1:4] == ["stopped", "at", "epoch"]
     assert f"stopped at epoch 3 of 10 (from {HALF}_checkpoint.prev.pth; newer checkpoint damaged)" in rows[HALF]
-    assert f"  checkpoints/{HALF}_checkpoint.pth: not a readable torch file" in out
+    assert f"  checkpoints/{HALF}_checkpoint.pth: a cut-off or damaged torch archive" in out
 
 
 def test_status_empty(tmp_path, monkeypatch, capsys):

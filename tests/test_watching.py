@@ -6,12 +6,19 @@ output captured without a terminal, a batch run's log, `--resume-from PATH` alon
 
 from __future__ import annotations
 
+import json
+import os
+import pty
 import shlex
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import TINY_RUN, Fz, assert_same_training, run_cli, stderr_lines
+import pytest
+
+from conftest import TINY_RUN, Fz, assert_same_training, fz_env, run_cli, stderr_lines
 
 from fastzhang import checkpoint, results
 
@@ -59,21 +66,40 @@ def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp
     monkeypatch.chdir(tmp_path)
     assert run_cli(SMALL) == 0  # completed: the block, and nothing trains
     block = capsys.readouterr().out.splitlines()
-    assert block[5:9] == [
+    again = f"fastzhang {shlex.join(SMALL)}"
+    assert block[5:8] == [
         "To re-run this experiment, either:",
-        f"  1. Add --force flag: fastzhang {shlex.join(SMALL)} --force",
-        f"  2. Delete the results file: ./{first.path.relative_to(tmp_path)}",
-        f"  3. Delete its checkpoints and results: fastzhang clean {SMALL_ID}",
+        f"  1. Add --force flag (keeps the old results): {again} --force",
+        f"  2. Delete its checkpoints and results, and train it: fastzhang clean {SMALL_ID} && {again}",
     ]
     assert f"  Final train accuracy: {m['final_train_acc']:.2f}%" in block
-    force = shlex.split(block[6].split(": ", 1)[1])[1:]
-    assert run_cli(force) == 0  # option 1 trains again: a second results file
-    assert len(results.files_for("results", SMALL_ID)) == 2
-    clean = shlex.split(block[8].split(": ", 1)[1])[1:]
-    assert run_cli([*clean, "--yes"]) == 0  # option 3: every file of the experiment goes, the log too
-    assert not results.files_for("results", SMALL_ID) and not checkpoint.experiment_files("checkpoints", SMALL_ID)
-    assert run_cli([*SMALL, "--quiet"]) == 0  # ... so the experiment runs again, from epoch 1
-    assert "resuming" not in log.read_text() and "starting" in log.read_text()
+    assert run_cli(shlex.split(block[6].split(": ", 1)[1])[1:]) == 0  # option 1 trains again: a second results file
+    assert len(results.files_for("results", SMALL_ID)) == 2 and log.read_text().count("starting") == 2
+    option2 = block[7].split(": ", 1)[1]  # as printed, in a shell, answering clean's question on a terminal
+    typed, terminal = pty.openpty()
+    os.write(typed, b"y\n")
+    done = subprocess.run(["bash", "-c", option2], cwd=tmp_path, stdin=terminal, capture_output=True, text=True,
+                          env=fz_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(results.files_for("results", SMALL_ID)) == 1  # every old file went, then it trained from epoch 1
+    assert log.read_text().count("starting") == 1 and "epoch 2/2" in log.read_text()
+
+
+def test_deleting_the_results_file_recovers_it_from_the_final_checkpoint(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli([*SMALL, "--quiet"]) == 0
+    [first] = results.files_for("results", SMALL_ID)
+    final = checkpoint.latest_path("checkpoints", SMALL_ID).read_bytes()
+    before = json.loads(first.read_text())["metrics"]
+    first.unlink()
+    capsys.readouterr()
+    assert run_cli([*SMALL, "--quiet"]) == 0
+    log = checkpoint.log_path("checkpoints", SMALL_ID).read_text().splitlines()
+    assert log[-2][20:] == f"{SMALL_ID}: results missing: rewritten from the final checkpoint, nothing retrained"
+    assert log[-1][20:].startswith(f"{SMALL_ID} completed: 2 epochs")  # no epoch line between: nothing trained
+    assert checkpoint.latest_path("checkpoints", SMALL_ID).read_bytes() == final
+    [again] = results.scan("results")
+    assert again.payload["metrics"] == before
 
 
 def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, reference_run):
@@ -81,7 +107,7 @@ def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, refer
     reference.result()
     prev = tmp_path / "given.pth"  # the reference's checkpoint after epoch 7
     shutil.copy(checkpoint.prev_path(reference.folder / "checkpoints" / f"{REF_ID}_checkpoint.pth"), prev)
-    assert run_cli(["run", "--resume-from", prev, "--epochs", "9", "--checkpoint-dir", tmp_path / "c"]) == 2
+    assert run_cli(["run", "--resume-from", prev, "--seed", "9", "--checkpoint-dir", tmp_path / "c"]) == 2
     fz = Fz(["run", "--resume-from", prev, "--quiet", "--results-dir", "res"], tmp_path, name="resumed")
     assert fz.wait() == 0, fz.stderr
     assert_same_training(checkpoint.load(checkpoint.latest_path(tmp_path / "checkpoints", REF_ID)),
@@ -137,3 +163,12 @@ def test_a_warning_is_in_the_log_once_when_stderr_is_the_log(tmp_path, monkeypat
         RunLog(log_path, quiet=False).say("epoch 1")
     assert [line.split(": ", 1)[-1] for line in log_path.read_text().splitlines()] == ["warning: compile failed",
                                                                                     "epoch 1"]
+
+
+@pytest.mark.e2e
+def test_skipping_a_completed_experiment_imports_no_torch(tmp_path):
+    assert Fz([*SMALL, "--quiet"], tmp_path).wait() == 0
+    code = (f"import sys; from fastzhang.cli import main; code = main({[*SMALL, '--quiet']!r}); "
+            "sys.exit(10 + code if 'torch' in sys.modules else code)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=fz_env(), capture_output=True, text=True)
+    assert done.returncode == 0 and "EXPERIMENT ALREADY COMPLETED" in done.stdout, (done.returncode, done.stderr)

@@ -80,13 +80,19 @@ def capacity(gpus: list[str], runs_per_gpu: int, max_parallel: int | None) -> in
     return max_parallel or 1
 
 
+def chosen_threads(env: dict[str, str]) -> str | None:
+    """The thread count the user set, as torch reads it: MKL_NUM_THREADS wins over OMP_NUM_THREADS."""
+    return env.get("MKL_NUM_THREADS") or env.get("OMP_NUM_THREADS") or None
+
+
 def worker_env(base: dict[str, str], *, gpu: str | None, threads: int) -> dict[str, str]:
-    """The child's environment: its one GPU, and a thread count unless the user chose one."""
+    """The child's environment: its one GPU, and the user's thread count (else `threads`) in both
+    variables, so torch, which follows MKL's when set, uses the count the batch announced."""
     env = dict(base)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    for name in THREAD_VARS:
-        env.setdefault(name, str(threads))
+    count = chosen_threads(base) or str(threads)
+    env.update(dict.fromkeys(THREAD_VARS, count))
     return env
 
 
@@ -134,7 +140,7 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
         return clock.time_left(list(queue), [r.task for r in running])
 
     progress = Progress(len(todo), opts.quiet, time_left=time_left if clock else None)
-    shown = os.environ.get("OMP_NUM_THREADS") or threads  # worker_env keeps a count the user chose
+    shown = chosen_threads(dict(os.environ)) or threads  # what worker_env gives every run
     where = f"{len(gpus)} GPU(s), up to {runs_per_gpu} per GPU" if gpus else f"CPU, {shown} thread(s) each"
     progress.note(f"batch: {len(tasks)} experiment(s), {len(skipped)} already completed, "
                   f"{len(todo)} to run, up to {slots} at once ({where})")

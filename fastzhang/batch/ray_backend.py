@@ -31,6 +31,7 @@ from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
     check_limits, pinned_device, split_completed,
 )
+from fastzhang.batch.local import chosen_threads
 from fastzhang.errors import UsageError, one_line
 from fastzhang.stop import stop_signals
 
@@ -53,8 +54,15 @@ def import_ray():
 
 
 def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: str | None,
-             lock_grace_s: float = LOCK_GRACE_SECONDS) -> dict:
-    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}."""
+             lock_grace_s: float = LOCK_GRACE_SECONDS, threads: str | None = None) -> dict:
+    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}.
+
+    `threads`: the count the user set on the driver (a worker's environment is Ray's, 1 thread per CPU).
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     from fastzhang.config import ExperimentConfig
     from fastzhang.errors import FastZhangError, LockHeld
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
@@ -176,10 +184,12 @@ def _touch_mark(checkpoint_dir: Path) -> Path:
 def _drive(ray, todo: list[Task], opts: BatchOptions, mark: Path | None, runs_per_gpu: int,
            max_parallel: int | None, report: BatchReport) -> list[RunResult]:
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    threads = chosen_threads(dict(os.environ))
     remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(run_task)
     progress = Progress(len(todo), opts.quiet, running="in flight (running or queued)")
     progress.note(f"batch on Ray: {report.total} experiment(s), {report.total - len(todo)} already completed, "
-                  f"{len(todo)} to run ({'1/' + str(runs_per_gpu) + ' GPU' if has_gpus else '1 CPU'} each"
+                  f"{len(todo)} to run ({'1/' + str(runs_per_gpu) + ' GPU' if has_gpus else '1 CPU'}"
+                  f"{', ' + threads + ' thread(s)' if threads else ''} each"
                   f"{', up to ' + str(max_parallel) + ' at once' if max_parallel else ''})")
     queue: deque[Task] = deque(todo)
     in_flight: dict = {}  # ObjectRef -> (task, monotonic start)
@@ -191,7 +201,7 @@ def _drive(ray, todo: list[Task], opts: BatchOptions, mark: Path | None, runs_pe
                 gpus = gpu_fraction(runs_per_gpu) if has_gpus and task.config.device != "cpu" else 0
                 ref = remote.options(num_cpus=1, num_gpus=gpus, name=f"fastzhang:{task.experiment_id}").remote(
                     task_config(task), str(opts.checkpoint_dir), str(opts.results_dir),
-                    str(mark) if mark else None)
+                    str(mark) if mark else None, threads=threads)
                 in_flight[ref] = (task, time.monotonic())
                 progress.start(task)
             if stop.signum is not None and not cancelled:

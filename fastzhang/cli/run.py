@@ -15,7 +15,7 @@ from pathlib import Path
 from fastzhang import runlog
 from fastzhang.config import LOADERS, SPEED_SWITCHES, SWITCHES, ExperimentConfig
 from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
-from fastzhang.errors import UsageError
+from fastzhang.errors import ConfigMismatch, UsageError
 from fastzhang.models.registry import MODELS
 
 # flag -> (config field, argparse type, help); {names} in a help are filled by _listed()
@@ -77,6 +77,7 @@ EXAMPLES = """examples:
   fastzhang run --config recipes/demo/mlp1_random_labels.yaml
   fastzhang run --model mlp1 --randomization partial --corrupt-prob 0.2 --epochs 20
   fastzhang run --resume-from checkpoints/ID_checkpoint.pth      # continue that experiment
+  fastzhang run --resume-from checkpoints/ID_checkpoint.pth --epochs 200   # extend it to 200 epochs
   fastzhang run --config recipes/table1/mlp1_baseline.yaml --force   # train it again from epoch 1
 
 Progress: per-epoch lines on stderr (a progress bar on a terminal) and in
@@ -113,8 +114,9 @@ def add_parser(sub) -> None:
     add_output_flags(p)
     p.add_argument("--force", action="store_true", help="train again from epoch 1 (keeps old results)")
     p.add_argument("--resume-from", type=Path, metavar="CHECKPOINT",
-                   help="continue from this checkpoint file; alone it continues the experiment stored there, "
-                        "flags given must match it")
+                   help="continue from this checkpoint file (a completed experiment's snapshot too); alone it "
+                        "continues the experiment stored there; with --epochs N above its own, it extends it; "
+                        "other flags given must match it")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines on the terminal (the log file still gets them)")
     p.set_defaults(func=_run)
@@ -143,8 +145,8 @@ def config_from_args(args: argparse.Namespace, resume_payload: dict | None = Non
 
 
 def _run(args: argparse.Namespace) -> int:
-    payload = None  # --resume-from alone: its settings are the config, so it is read (once) first
-    if args.config is None and args.resume_from is not None:
+    payload = None
+    if args.resume_from is not None:  # read once: alone, its settings are the config
         from fastzhang.experiment import read_resume_file
 
         payload = read_resume_file(args.resume_from)
@@ -155,12 +157,17 @@ def _run(args: argparse.Namespace) -> int:
                       resume_from=args.resume_from, resume_payload=payload, quiet=args.quiet)
     try:
         outcome = run_experiment(cfg, opts)
+    except ConfigMismatch as e:
+        if args.resume_from is None:
+            raise
+        stored = argparse.Namespace(**{**{k: v for k, v in vars(args).items() if k not in e.fields}, "config": None})
+        raise UsageError(f"{e.what}; to continue it: {command_used(stored, None, resume=True)}; to train the "
+                         f"requested settings from epoch 1: {command_used(args, cfg)}") from None
     except Interrupted as e:
-        print(f"fastzhang: {e}; to resume, run the same command again: {command_used(args)}",
-              file=sys.stderr, flush=True)
+        print(f"fastzhang: {e}; to resume: {command_used(args, cfg)}", file=sys.stderr, flush=True)
         return e.exit_code
     if outcome.status == "already_completed":
-        print(completion_block(outcome, args, opts))
+        print(completion_block(outcome, args, cfg))
     else:
         r = outcome.results
         print("fastzhang: " + runlog.completed_line(outcome.experiment_id, r["metrics"], r["total_epochs"],
@@ -168,14 +175,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_used(args: argparse.Namespace, *extra: str) -> str:
-    """The `fastzhang run` command that asks for this experiment again, as given (flags of the run only)."""
+def command_used(args: argparse.Namespace, cfg: ExperimentConfig | None, *extra: str, resume: bool = False) -> str:
+    """The `fastzhang run` command that asks for this experiment again: its flags as given, without
+    --resume-from unless `resume`; all of `cfg`'s settings when they came from a --resume-from checkpoint."""
     given = vars(args)
     words = ["fastzhang", "run"]
     if args.config is not None:
         words += ["--config", str(args.config)]
-    if getattr(args, "resume_from", None) is not None:
+    if resume:
         words += ["--resume-from", str(args.resume_from)]
+    elif args.config is None and getattr(args, "resume_from", None) is not None:
+        default = ExperimentConfig()
+        given = {dest: value for dest, value in cfg.to_dict().items()
+                 if value != getattr(default, dest) or dest == "model"}
     words += [w for flag, dest, _, _ in _VALUE_FLAGS if dest in given for w in (flag, str(given[dest]))]
     if "random_crop" in given:
         words.append("--random-crop" if given["random_crop"] else "--no-random-crop")
@@ -194,21 +206,20 @@ def output_words(args: argparse.Namespace) -> list[str]:
     return words
 
 
-def completion_block(outcome, args, opts) -> str:
+def completion_block(outcome, args, cfg: ExperimentConfig) -> str:
     from fastzhang.results import how_it_ended  # orjson: not at every CLI start
 
-    path = _shown(outcome.results_path)
     clean = shlex.join(["fastzhang", "clean", outcome.experiment_id, *output_words(args)])
     r = outcome.results
     m = r.get("metrics", {})
     bar = "=" * 44
     return "\n".join([
         bar, "⚠️  EXPERIMENT ALREADY COMPLETED", bar,
-        f"Results file: {path}", "",
+        f"Results file: {_shown(outcome.results_path)}", "",
+        # Deleting only the results file re-runs nothing: the final checkpoint rewrites it.
         "To re-run this experiment, either:",
-        f"  1. Add --force flag: {command_used(args, '--force')}",
-        f"  2. Delete the results file: {path}",
-        f"  3. Delete its checkpoints and results: {clean}",
+        f"  1. Add --force flag (keeps the old results): {command_used(args, cfg, '--force')}",
+        f"  2. Delete its checkpoints and results, and train it: {clean} && {command_used(args, cfg)}",
         bar, "", "Previous Results:",
         f"  Best test accuracy: {runlog.pct(m.get('best_test_acc'))}"
         + (f" (epoch {m['best_epoch']})" if m.get("best_epoch") else ""),

@@ -91,7 +91,10 @@ def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
     while not finished(cfg, run):
         if not _train_epoch(cfg, run, data, loader, speed, step_fn, hooks):
             return False
-        row = _finish_epoch(cfg, run, data, speed)
+        row = _finish_epoch(cfg, run, data, speed, hooks.stop_requested)
+        if row is None:  # stopped during evaluation: the epoch's steps are kept, evaluated again on resume
+            hooks.save(True)
+            return False
         hooks.save(False)
         hooks.on_epoch(row)
         if hooks.stop_requested():
@@ -228,20 +231,22 @@ class _Display:
         self.shown_seen = self.sums["seen"]
 
 
-def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
-    """Evaluate, record the epoch's metrics, step the schedule; returns the epoch's row."""
+def _finish_epoch(cfg, run: Run, data, speed: Speed,
+                  stop_requested: Callable[[], bool] = lambda: False) -> dict | None:
+    """Evaluate, record the epoch's metrics, step the schedule; returns the epoch's row, or None (and
+    changes nothing) when a stop was requested during the evaluation."""
     epoch = run.epoch + 1
     sums = run.partial
     seen = max(sums["seen"], 1)
     train_loss = sums["loss_sum"].item() / seen  # the epoch's one host sync for training
     train_acc = 100.0 * sums["correct"].item() / seen
     eval_size = max(EVAL_BATCH, cfg.batch_size)
-    test_loss, test_acc = evaluate(
-        run.model,
-        eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
-                     channels_last=speed.channels_last),
-        speed,
-    )
+    batches = eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
+                           channels_last=speed.channels_last)
+    stopped = []
+    test_loss, test_acc = evaluate(run.model, _until_stopped(batches, stop_requested, stopped), speed)
+    if stopped:
+        return None
     seconds = sums["seconds"]
     row = {
         "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
@@ -257,3 +262,12 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
     run.scheduler.step()
     run.epoch, run.step_in_epoch, run.partial = epoch, 0, {}
     return row
+
+
+def _until_stopped(batches, stop_requested: Callable[[], bool], stopped: list):
+    """`batches` until a stop is requested (then `stopped` gets an entry): evaluation stops within a batch."""
+    for batch in batches:
+        if stop_requested():
+            stopped.append(True)
+            return
+        yield batch

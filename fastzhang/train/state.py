@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from fastzhang.config import ExperimentConfig
-from fastzhang.errors import UsageError
-from fastzhang.train.engine import METRIC_KEYS, Run
+from fastzhang.errors import ConfigMismatch, UsageError
+from fastzhang.train.engine import METRIC_KEYS, Run, end_cause
 
 # key -> what it holds. Every key is written by to_payload and needed by restore.
 SCHEMA = {
@@ -80,18 +80,29 @@ def is_best(run: Run, mid_epoch: bool) -> bool:
 
 
 def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
-    """`payload` if it was written by exactly the experiment `cfg`; else a UsageError naming `path`."""
+    """`payload` if it was written by the experiment `cfg`, or by the same one with fewer epochs
+    than `cfg.epochs` (extending: the schedule, lr x lr_decay after each epoch, and the epoch plans do not
+    depend on the total, so it trains on exactly as a `cfg.epochs` run from scratch); else a UsageError."""
     missing = [key for key in REQUIRED if key not in payload]
     theirs, ours = stored_config(payload, path).identity(), cfg.identity()
-    diff = [f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
-    if diff:
-        raise UsageError(
-            f"checkpoint {path} belongs to a different configuration ({'; '.join(diff)}); "
-            "use --force to start over, or pick the matching checkpoint"
-        )
+    trained = payload.get("epoch", 0)
+    differ = [k for k in ours if theirs[k] != ours[k] and not (k == "epochs" and ours[k] > trained)]
+    if differ:
+        text = "; ".join(f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in differ)
+        more = f", and --epochs must exceed the {trained} it has trained" if "epochs" in differ else ""
+        raise ConfigMismatch(f"checkpoint {path} belongs to a different configuration ({text}{more})", differ)
     if missing:
         raise UsageError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by `fastzhang run`")
     return payload
+
+
+def finished(payload: dict, cfg: ExperimentConfig) -> bool:
+    """Whether a verified payload has no epoch left to train under `cfg` (engine.end_cause on it)."""
+    from types import SimpleNamespace
+
+    stored = SimpleNamespace(epoch=payload["epoch"], fitted=payload["fit"]["epoch"] is not None,
+                             metrics=payload["all_metrics"])
+    return end_cause(cfg, stored) is not None
 
 
 def stored_config(payload: dict, path: Path) -> ExperimentConfig:
