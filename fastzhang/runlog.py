@@ -88,12 +88,15 @@ def describe(cfg) -> str:
 
 
 def epoch_line(experiment_id: str, row: dict, epochs: int, seconds_per_epoch: float) -> str:
-    """One finished epoch and the time the remaining ones should take at this session's pace so far."""
+    """One finished epoch: its training and test seconds and their sum, and the time the remaining
+    epochs should take at this session's wall-clock pace so far (`seconds_per_epoch`)."""
     left = epochs - row["epochs"]
     eta = f", ~{duration(left * seconds_per_epoch)} left" if left > 0 else ""
+    train, test = row["epoch_seconds"], row["eval_seconds"]
     return (f"{experiment_id} epoch {row['epochs']}/{epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% "
-            f"| {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s{eta}")
+            f"| train {train:.1f}s ({row['images_per_second']:.0f} img/s) + test {test:.1f}s = "
+            f"{train + test:.1f}s{eta}")
 
 
 def completed_line(experiment_id: str, metrics: dict, total_epochs: int, results_path) -> str:

@@ -93,5 +93,43 @@ def test_the_batch_prefers_the_wall_time_of_its_own_runs(tmp_path, one_thread):
     assert clock.time_left([ran, queued], []) == "no time estimate yet (2 run(s) of kinds with no epoch measured)"
     run_experiment(ran.config, RunOptions(checkpoint_dir=ckpt, results_dir=res, quiet=True))
     clock.finished(ran, seconds=30.0)  # as the pool measured it: 2 epochs from scratch
-    assert clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
+    assert clock.clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
     assert clock.time_left([queued], []) == "about 45s left"  # 3 epochs at 15 s, not the training time alone
+
+
+def test_estimates_count_test_evaluation(tmp_path, one_thread):
+    """An epoch's time is its training and its test evaluation (issue 22: estimates left evaluation out)."""
+    cfg = ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "batch_size": 256, "epochs": 2})
+    metrics = run_experiment(cfg, RunOptions(checkpoint_dir=tmp_path / "c", results_dir=tmp_path / "r",
+                                             quiet=True)).results["metrics"]
+    assert len(metrics["eval_seconds"]) == 2 and all(s > 0 for s in metrics["eval_seconds"])
+    clock = estimate.EpochClock(gpus_visible=False)
+    clock.add_results(tmp_path / "r")
+    whole = sorted(t + e for t, e in zip(metrics["epoch_seconds"], metrics["eval_seconds"]))
+    assert clock.epoch_seconds(Task(tmp_path / "a.yaml", cfg)) == sum(whole) / 2
+    # files written before eval_seconds count their training alone
+    assert estimate.epoch_times({"epoch_seconds": [7.0, 6.0], "eval_seconds": [9.0, None]}) == [16.0, 6.0]
+    assert estimate.epoch_times({"epoch_seconds": [7.0]}) == [7.0]
+
+
+def test_the_batch_reads_each_checkpoint_once(tmp_path, monkeypatch):
+    """After every finished run the estimate used to re-read (and checksum) every queued checkpoint."""
+    opened = []
+    monkeypatch.setattr(checkpoint, "inspect_latest", lambda path: opened.append(path) or (None, None, []))
+    tasks = [Task(tmp_path / f"{seed}.yaml", ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "epochs": 2, "seed": seed})) for seed in (0, 1)]
+    clock = estimate.BatchClock(BatchOptions(tmp_path / "c", tmp_path / "r"), gpus_visible=False, at_once=1)
+    clock.clock.add(tasks[0].config.to_dict(), "cpu", [10.0])
+    assert clock.time_left(tasks, []) == "about 40s left"
+    assert clock.time_left(tasks[1:], tasks[:1]) == "about 40s left"  # just started: nothing run yet
+    assert len(opened) == 2
+
+
+def test_the_epoch_line_says_which_seconds_are_training_and_which_the_whole_epoch():
+    from fastzhang import runlog
+
+    row = {"epochs": 1, "train_loss": 2.2, "train_acc": 18.0, "test_loss": 2.0, "test_acc": 23.9,
+           "epoch_seconds": 7.0, "images_per_second": 714.3, "eval_seconds": 9.0}
+    assert runlog.epoch_line("x", row, 3, 16.5).endswith(
+        "| train 7.0s (714 img/s) + test 9.0s = 16.0s, ~33s left")

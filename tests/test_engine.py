@@ -23,7 +23,7 @@ from fastzhang.lock import ExperimentLock
 from fastzhang.train import engine
 
 TINY = dict(model="mlp1", dataset="synthetic", epochs=4, batch_size=64, device="cpu")
-TIMING = ("epoch_seconds", "images_per_second")
+TIMING = ("epoch_seconds", "eval_seconds", "images_per_second")
 
 
 def tiny(**changes) -> ExperimentConfig:

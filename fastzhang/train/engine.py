@@ -19,7 +19,9 @@ from tqdm import tqdm
 from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
 from fastzhang.data.sources import classes
 from fastzhang.models.build import build_model
-from fastzhang.results import METRIC_SERIES as METRIC_KEYS  # the results file's series, one row per epoch
+from fastzhang.results import LATER_SERIES, METRIC_SERIES
+
+METRIC_KEYS = METRIC_SERIES + LATER_SERIES  # the results file's series, one row per epoch
 from fastzhang.results import improved_epoch
 from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
@@ -236,6 +238,7 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
     train_loss = sums["loss_sum"].item() / seen  # the epoch's one host sync for training
     train_acc = 100.0 * sums["correct"].item() / seen
     eval_size = max(EVAL_BATCH, cfg.batch_size)
+    elapsed, start = clock(data.test_x.device), time.perf_counter()
     test_loss, test_acc = evaluate(
         run.model,
         eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
@@ -247,7 +250,7 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
         "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
         "test_acc": test_acc, "lr": current_lr(run), "epoch_seconds": seconds,
         "images_per_second": sums["seen"] / seconds if seconds > 0 else math.nan,
-        "steps": run.global_step,
+        "steps": run.global_step, "eval_seconds": elapsed(start),
     }
     for key in METRIC_KEYS:
         run.metrics[key].append(row[key])

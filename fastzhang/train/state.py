@@ -168,7 +168,8 @@ def restore(run: Run, payload: dict) -> None:
     run.step_in_epoch = int(payload["step_in_epoch"])
     run.global_step = int(payload["global_step"])
     run.best_test_acc = float(payload["best_test_acc"])
-    run.metrics = {k: list(payload["all_metrics"].get(k, [])) for k in METRIC_KEYS}
+    # a series the checkpoint predates (eval_seconds) is unknown for its epochs
+    run.metrics = {k: list(payload["all_metrics"].get(k, [None] * run.epoch)) for k in METRIC_KEYS}
     partial = payload["partial_epoch"]
     run.partial = {
         "loss_sum": partial["loss_sum"].to(device),
