@@ -99,13 +99,28 @@ def epoch_line(experiment_id: str, row: dict, epochs: int, seconds_per_epoch: fl
             f"{train + test:.1f}s{eta}")
 
 
-def completed_line(experiment_id: str, metrics: dict, total_epochs: int, results_path) -> str:
-    """How a finished run is summarised: train and test accuracy, best test epoch, the results file."""
+def completed_line(payload: dict, results_path) -> str:
+    """How a finished run is summarised: how it ended (epochs, or the rule that stopped it), train and
+    test accuracy, best test epoch, the results file."""
+    from fastzhang.results import how_it_ended  # orjson: only once a run has finished
+
+    metrics = payload["metrics"]
+    ended = how_it_ended(payload) if payload["stopped_early"] else _count(payload["total_epochs"], "epoch")
     best_epoch = metrics.get("best_epoch")
     at = f" (epoch {best_epoch})" if best_epoch else ""
-    return (f"{experiment_id} completed: {_count(total_epochs, 'epoch')}; final train accuracy "
+    return (f"{payload['experiment_id']} completed: {ended}; final train accuracy "
             f"{pct(metrics.get('final_train_acc'))}, test {pct(metrics.get('final_test_acc'))}; "
             f"best test {pct(metrics.get('best_test_acc'))}{at}; results in {results_path}")
+
+
+def readable_time(stamp) -> str:
+    """A results file's timestamp as people read it: 20261203_164602 -> 2026-12-03 16:46:02."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%d_%H%M%S").strftime(_STAMP)
+    except (TypeError, ValueError):  # an ISO 8601 stamp (older files) reads well as it is
+        return str(stamp)
 
 
 def pct(value) -> str:
