@@ -133,3 +133,42 @@ def test_the_epoch_line_says_which_seconds_are_training_and_which_the_whole_epoc
            "epoch_seconds": 7.0, "images_per_second": 714.3, "eval_seconds": 9.0}
     assert runlog.epoch_line("x", row, 3, 16.5).endswith(
         "| train 7.0s (714 img/s) + test 9.0s = 16.0s, ~33s left")
+
+
+def test_dry_run_lists_the_runs_that_would_fail_and_why(tmp_path, capsys):
+    """A device or data folder this machine lacks: listed as failing (exit 1); a missing data set said once."""
+    recipes, empty = tmp_path / "recipes", tmp_path / "empty"
+    recipes.mkdir()
+    empty.mkdir()
+    gone = tmp_path / "gone"
+    for seed in (1, 2):
+        (recipes / f"c100_{seed}.yaml").write_text(f"model: mlp1\ndataset: cifar100\nseed: {seed}\ndata_dir: {empty}\n")
+        (recipes / f"gone_{seed}.yaml").write_text(f"model: mlp1\nseed: {seed}\ndata_dir: {gone}\n")
+    (recipes / "gpu.yaml").write_text(f"model: mlp1\ndevice: cuda\ndata_dir: {empty}\n")
+    before = files_under(tmp_path)
+    code = run_cli(["batch", recipes, "--dry-run", "--checkpoint-dir", tmp_path / "c", "--results-dir", tmp_path / "r"])
+    out = capsys.readouterr().out.splitlines()
+    assert files_under(tmp_path) == before
+    assert code == 1 and out[-1] == ("3 run(s) would fail" if not torch.cuda.is_available() else "2 run(s) would fail")
+    assert [line for line in out if "CIFAR-100" in line] == [
+        f"note: no CIFAR-100 in {empty}: each run of it would download it first "
+        "(https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)"]
+    gone_lines = [line for line in out if "gone_" in line]
+    assert gone_lines[0].endswith(f"would fail: {gone}: no such folder (named by --data-dir / data_dir); fix the path, "
+                                  "or create the folder to download CIFAR-10 into it")
+    assert gone_lines[1].endswith("would fail: as above")
+    if not torch.cuda.is_available():
+        assert [line for line in out if "gpu.yaml" in line][0].endswith(
+            "would fail: device 'cuda' requested but CUDA is not available on this machine")
+
+
+def test_a_failures_reason_is_said_once_by_the_batch(tmp_path):
+    """The run's own lines say it, the summary says it; the progress line no longer repeats it."""
+    from fastzhang.batch.plan import FAILED, Progress, RunResult, format_summary
+
+    said = []
+    task = Task(tmp_path / "a.yaml", ExperimentConfig.from_mapping({"model": "mlp1"}))
+    progress = Progress(1, quiet=False, out=said.append)
+    progress.finish(RunResult(task, FAILED, 2, detail="no CIFAR-100 in data", seconds=0.8), 0)
+    summary = format_summary(progress.results, 1, None)
+    assert sum("no CIFAR-100" in line for line in said + summary.splitlines()) == 1

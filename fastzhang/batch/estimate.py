@@ -18,20 +18,22 @@ from statistics import median
 from fastzhang.batch.plan import BatchOptions, Task
 from fastzhang.runlog import duration
 
-RUN, RESUME, SKIP, BUSY = "run", "resume", "skip", "busy"
+RUN, RESUME, SKIP, BUSY, FAIL = "run", "resume", "skip", "busy", "fail"
 
 
 @dataclass(frozen=True)
 class Intent:
     task: Task
-    action: str  # RUN | RESUME | SKIP | BUSY
+    action: str  # RUN | RESUME | SKIP | BUSY | FAIL
     epoch: int = 0  # epochs already done (RESUME)
     steps: int = 0  # steps into the next epoch (RESUME)
     epoch_times: tuple = ()  # the seconds of each epoch its checkpoint records (epoch_times)
+    why: str = ""  # FAIL: what would refuse the run
+
 
     @property
     def epochs_left(self) -> int:
-        return 0 if self.action in (SKIP, BUSY) else self.task.config.epochs - self.epoch
+        return 0 if self.action in (SKIP, BUSY, FAIL) else self.task.config.epochs - self.epoch
 
     def describe(self) -> str:
         epochs = self.task.config.epochs
@@ -39,6 +41,8 @@ class Intent:
             return "skip: already completed"
         if self.action == BUSY:
             return "busy elsewhere: another process holds its lock"
+        if self.action == FAIL:
+            return f"would fail: {self.why}"
         if self.action == RESUME:
             return f"resume after epoch {self.epoch} of {epochs}" + (f" (+{self.steps} steps)" if self.steps else "")
         return f"run from scratch: {epochs} epoch(s)"
@@ -68,6 +72,31 @@ def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> lis
         else:
             out.append(Intent(task, RUN, epoch_times=times))
     return out
+
+
+def refusal(task: Task, gpus_visible: bool | None) -> tuple[str | None, str | None]:
+    """(why the run would be refused before training, a note on its data) as far as can be known
+    without loading anything: a CUDA device where none is visible (`gpus_visible` None: a Ray cluster's,
+    unknown here), a data folder named but missing or holding the other data set; data absent is a note,
+    the run downloads it."""
+    from fastzhang.data import download
+    from fastzhang.data.cifar import SPECS
+    from fastzhang.errors import DataError
+
+    cfg = task.config
+    if cfg.device.startswith("cuda") and gpus_visible is False:
+        return f"device {cfg.device!r} requested but CUDA is not available on this machine", None
+    if cfg.dataset not in SPECS:  # synthetic: made in memory
+        return None, None
+    spec, root = SPECS[cfg.dataset], download.resolve_data_dir(cfg.data_dir)
+    if download.locate(root, spec) is not None:
+        return None, None
+    try:
+        download.refuse_other_data_set(root, spec)
+        download.refuse_missing_named_folder(root, cfg.data_dir, spec)
+    except DataError as e:
+        return str(e), None
+    return None, f"no {spec.title} in {root}: each run of it would download it first ({download.official(spec)[0]})"
 
 
 def device_kind(device: str, gpus_visible: bool) -> str:
