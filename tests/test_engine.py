@@ -252,3 +252,21 @@ def test_cli_prints_completion_block(tmp_path):
     assert f"Results file: ./results/{name}" in out
     assert "3. Delete its checkpoints and results: fastzhang clean mlp1_synthetic_baseline_ep1" in out
     assert re.search(r"Best test accuracy: \d+\.\d\d%", out) and "Total epochs: 1" in out
+
+
+def test_evaluation_shows_progress(capsys):
+    """Issue 22: evaluation showed no progress (a bar on a terminal, as training has)."""
+    from fastzhang.data.batches import ResidentData
+    from fastzhang.data.sources import load_dataset
+    from fastzhang.train.fastpath import Speed
+    from fastzhang.train.loaders import make_loader
+
+    cfg = tiny(epochs=1)
+    data = ResidentData.build(load_dataset("synthetic", None), randomization="none", corrupt_prob=0.0, seed=0,
+                              train_subset=None, device="cpu")
+    speed = Speed(False, False, False, False)
+    loader = make_loader("torch", data, cfg.batch_size, dtype=torch.float32, channels_last=False)
+    for quiet in (False, True):
+        run = engine.build_run(cfg, torch.device("cpu"), speed)
+        assert engine.train(cfg, run, data, loader, speed, engine.Hooks(save=lambda mid: None, quiet=quiet))
+        assert ("test 1/1" in capsys.readouterr().err) is not quiet

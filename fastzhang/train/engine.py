@@ -93,7 +93,7 @@ def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
     while not finished(cfg, run):
         if not _train_epoch(cfg, run, data, loader, speed, step_fn, hooks):
             return False
-        row = _finish_epoch(cfg, run, data, speed)
+        row = _finish_epoch(cfg, run, data, speed, hooks.quiet)
         hooks.save(False)
         hooks.on_epoch(row)
         if hooks.stop_requested():
@@ -230,8 +230,8 @@ class _Display:
         self.shown_seen = self.sums["seen"]
 
 
-def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
-    """Evaluate, record the epoch's metrics, step the schedule; returns the epoch's row."""
+def _finish_epoch(cfg, run: Run, data, speed: Speed, quiet: bool = True) -> dict:
+    """Evaluate (a progress bar unless `quiet`), record the epoch's metrics, step the schedule; returns the row."""
     epoch = run.epoch + 1
     sums = run.partial
     seen = max(sums["seen"], 1)
@@ -239,12 +239,11 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed) -> dict:
     train_acc = 100.0 * sums["correct"].item() / seen
     eval_size = max(EVAL_BATCH, cfg.batch_size)
     elapsed, start = clock(data.test_x.device), time.perf_counter()
-    test_loss, test_acc = evaluate(
-        run.model,
-        eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
-                     channels_last=speed.channels_last),
-        speed,
-    )
+    batches = eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
+                           channels_last=speed.channels_last)
+    shown = tqdm(batches, total=math.ceil(data.test_x.shape[0] / eval_size), desc=f"test {epoch}/{cfg.epochs}",
+                 unit="batch", disable=quiet, leave=False, dynamic_ncols=True)
+    test_loss, test_acc = evaluate(run.model, shown, speed)
     seconds = sums["seconds"]
     row = {
         "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
