@@ -13,7 +13,7 @@ from fastzhang.cli import main
 from fastzhang.config import ExperimentConfig
 from fastzhang.report import build_report
 from fastzhang.report.figures import figure1b_points, figure1b_series
-from fastzhang.report.tables import load_runs
+from fastzhang.report.tables import demo_runs, load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -319,3 +319,28 @@ def test_figure2_shows_inception_with_and_without_batchnorm(results_dir, tmp_pat
         "| 83.00 | 1.50 |",
         "| Inception w/o BatchNorm, no regularizer | not run | — | — | — | — |",
     ]
+
+
+def test_demo_figure_stays_readable_with_10_runs(tmp_path):
+    """Issue 22: with several runs the legend covered the curves and repeated "random labels: train"."""
+    import struct
+    import warnings
+
+    from fastzhang.report.figures import demo_labels
+
+    d = tmp_path / "results"
+    d.mkdir()
+    settings = [{"model": m, "randomization": r} for m in ("mlp1", "mlp3", "alexnet") for r in ("none", "random_labels")]
+    settings += [{"model": "mlp1", "randomization": "random_labels", "seed": s} for s in (1, 2, 3, 4)]
+    for i, extra in enumerate(settings):
+        write_result(d, f"20250101_0000{i:02d}", train_subset=5000, epochs=30, train=99.0 - i, test=10.0 + i, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no tight_layout warning
+        build_report(d, tmp_path / "out")
+    png = (tmp_path / "out" / "demo.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 6.4 * 120 and height <= 4.2 * 120 + 10  # the legend beside the axes, not over the curves
+    runs = demo_runs(load_runs(results.scan(d))[0])
+    labels = demo_labels([r.cfg for r in runs])
+    assert len(set(labels)) == 10
+    assert "random labels, MLP 1x512, seed 3" in labels and "true labels, AlexNet, seed 0" in labels
