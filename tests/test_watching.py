@@ -11,6 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY_RUN, Fz, assert_same_training, run_cli, stderr_lines
 
 from fastzhang import checkpoint, results
@@ -90,6 +92,7 @@ def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, refer
     assert f"{REF_ID}: resuming after epoch 7: mlp1 on synthetic (random_labels)" in logged
 
 
+@pytest.mark.e2e
 def test_a_batch_runs_log_holds_its_epoch_lines_and_status_reads_it(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: mlp1\ndataset: synthetic\nepochs: 2\nbatch_size: 64\ndevice: cpu\nseed: 3\n")
