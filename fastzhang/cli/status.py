@@ -2,9 +2,9 @@
 
 States: completed (a valid results file says so), in progress (its lock is held),
 stopped (a verified checkpoint, no results, lock free: nothing is training it),
-damaged (only unreadable files). Each row (two lines, to fit ~100 columns) shows the last finished epoch's train
-and test accuracy, the best test accuracy, images/s and when the experiment's
-files last changed; a run in progress whose files have not changed for much longer
+damaged (only unreadable files). Each row (two lines, to fit ~100 columns) shows the
+last finished epoch's train and test accuracy, the best test accuracy, images/s, when
+the experiment's files last changed, then its state; a run in progress whose files have not changed for much longer
 than an epoch takes is flagged. `status ID` prints that experiment's per-epoch
 table (from its results file, else its checkpoint) and the path of its log.
 Checkpoints are verified, read-only: status never renames, creates or deletes
@@ -188,15 +188,13 @@ def _time_left(seen) -> str:
 
 
 def _progress(seen, running: bool) -> str:
-    """Where a checkpointed run is: the epoch it trains now (`running`), else the last one finished."""
+    """Where a checkpointed run is: the epoch it trains (running, or stopped mid-epoch), else the last done."""
     done, target, steps = seen.epoch, _known(seen.target_epochs), seen.step_in_epoch
-    if done is None:
-        return f"at epoch ? of {target}"
-    into = f" (step {steps})" if steps else ""
-    if running:
-        return f"epoch {done + 1} of {target}{into}" if done != seen.target_epochs else "writing its results"
-    return f"after epoch {done} of {target}" + (f" (+{steps} steps)" if steps else "") if done else \
-        f"in epoch 1 of {target}{into}"
+    if done is None or done == seen.target_epochs:
+        return f"after epoch {_known(done)} of {target}"
+    if running or steps:
+        return ("" if running else "in ") + f"epoch {done + 1} of {target}" + (f" (step {steps})" if steps else "")
+    return f"after epoch {done} of {target}" if done else f"before epoch 1 of {target}"
 
 
 def _known(value) -> str:
