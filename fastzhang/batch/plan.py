@@ -167,7 +167,8 @@ class Progress:
         what = result.status if result.exit_code in (0, None) else f"{result.status} (exit {result.exit_code})"
         failed = sum(r.status == FAILED for r in self.results)
         # a failure's detail is in the run's own lines (shown above it) and in the summary: not a third time
-        self.note(f"== {what}: {result.task.label} after {result.seconds:.1f}s | {len(self.results)}/{self.total} done, "
+        self.note(f"== {what}: {result.task.label} after {result.seconds:.1f}s | "
+                  f"{len(self.results)}/{self.total} done, "
                   f"{running} {self.running_word}, {failed} failed" + self._left())
 
     def _left(self) -> str:
