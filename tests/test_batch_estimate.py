@@ -172,3 +172,19 @@ def test_a_failures_reason_is_said_once_by_the_batch(tmp_path):
     progress.finish(RunResult(task, FAILED, 2, detail="no CIFAR-100 in data", seconds=0.8), 0)
     summary = format_summary(progress.results, 1, None)
     assert sum("no CIFAR-100" in line for line in said + summary.splitlines()) == 1
+
+
+def test_a_checkpoint_from_before_eval_seconds_resumes_into_a_valid_results_file(tmp_path, one_thread):
+    from fastzhang import results
+
+    cfg = ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "batch_size": 256, "epochs": 2})
+    ckpt = tmp_path / "c"
+    _half_done(cfg, ckpt)
+    latest = checkpoint.latest_path(ckpt, cfg.experiment_id)
+    old = checkpoint.load(latest)
+    del old["all_metrics"]["eval_seconds"]
+    checkpoint.save(old, latest)
+    payload = run_experiment(cfg, RunOptions(checkpoint_dir=ckpt, results_dir=tmp_path / "r", quiet=True)).results
+    assert payload["metrics"]["eval_seconds"][0] is None and payload["metrics"]["eval_seconds"][1] > 0
+    assert results.validate(results.read(results.files_for(tmp_path / "r", cfg.experiment_id)[0]).payload) is None

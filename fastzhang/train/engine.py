@@ -19,11 +19,10 @@ from tqdm import tqdm
 from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
 from fastzhang.data.sources import classes
 from fastzhang.models.build import build_model
-from fastzhang.results import LATER_SERIES, METRIC_SERIES
+from fastzhang.results import LATER_SERIES, METRIC_SERIES, improved_epoch
+from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
 METRIC_KEYS = METRIC_SERIES + LATER_SERIES  # the results file's series, one row per epoch
-from fastzhang.results import improved_epoch
-from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
 EVAL_BATCH = 1000
 
