@@ -10,7 +10,7 @@ import math
 
 import torch
 
-TIMING = ("epoch_seconds", "images_per_second")  # measured, not trained: they differ between runs
+TIMING = ("epoch_seconds", "eval_seconds", "images_per_second")  # measured, not trained: they differ between runs
 
 
 def tensors(a: dict, b: dict, rtol: float, atol: float) -> dict:
