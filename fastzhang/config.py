@@ -227,6 +227,9 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
     if cfg.early_stop_min_epochs and cfg.early_stop_patience is None:
         raise ConfigError(f"{source}: early_stop_min_epochs applies only with early_stop_patience; "
                           f"got early_stop_min_epochs {cfg.early_stop_min_epochs} without it")
+    if cfg.early_stop_min_epochs > cfg.epochs:
+        raise ConfigError(f"{source}: early_stop_min_epochs must be at most epochs ({cfg.epochs}); "
+                          f"got {cfg.early_stop_min_epochs}")
     if cfg.cuda_graphs == "on" and cfg.device == "cpu":
         raise ConfigError(f"{source}: cuda_graphs 'on' needs a CUDA device; got device 'cpu'")
 

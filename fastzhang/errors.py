@@ -56,5 +56,6 @@ def did_you_mean(word: str, known) -> str:
     """' (did you mean X?)' for the closest of `known` to a misspelled `word`, else ''."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    names = {str(k).lower(): str(k) for k in known}  # case-insensitive: MLP1 is mlp1
+    close = difflib.get_close_matches(str(word).lower(), list(names), n=1, cutoff=0.6)
+    return f" (did you mean {names[close[0]]}?)" if close else ""

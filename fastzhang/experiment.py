@@ -288,7 +288,7 @@ class _News:
                        + (f", step {run.step_in_epoch}" if run.step_in_epoch else "") + "; checkpoint saved")
 
     def completed(self, run, payload: dict, path: Path) -> None:
-        self.log.write(runlog.completed_line(self.cfg.experiment_id, payload["metrics"], run.epoch, path))
+        self.log.write(runlog.completed_line(payload, path))
         if self.tracker:
             self.tracker.finish(exit_code=0, summary=payload["metrics"])
 

@@ -30,6 +30,9 @@ METRIC_SERIES = (
     "epochs", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
     "epoch_seconds", "images_per_second", "steps",
 )
+# Series added after schema 1 was released, checked when present so older files stay valid.
+# eval_seconds: the test evaluation of each epoch (epoch_seconds is its training alone).
+LATER_SERIES = ("eval_seconds",)
 # early_stop_epoch: the epoch at which early stopping ended the run, else null (fit_epoch's twin).
 METRIC_SCALARS = ("best_test_acc", "final_train_acc", "final_test_acc", "fit_epoch", "fit_step", "best_epoch",
                   "early_stop_epoch")
@@ -115,7 +118,7 @@ def _type_problem(key: str, value: Any, kind: type, nullable: bool) -> str | Non
 
 def _metrics_problem(metrics: dict[str, Any]) -> str | None:
     lengths = set()
-    for key in METRIC_SERIES:
+    for key in METRIC_SERIES + tuple(k for k in LATER_SERIES if k in metrics):
         series = metrics.get(key)
         if not isinstance(series, list):
             return f"metrics.{key} should be a list, found {series!r:.40}"

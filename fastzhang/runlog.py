@@ -88,21 +88,39 @@ def describe(cfg) -> str:
 
 
 def epoch_line(experiment_id: str, row: dict, epochs: int, seconds_per_epoch: float) -> str:
-    """One finished epoch and the time the remaining ones should take at this session's pace so far."""
+    """One finished epoch: its training and test seconds and their sum, and the time the remaining
+    epochs should take at this session's wall-clock pace so far (`seconds_per_epoch`)."""
     left = epochs - row["epochs"]
     eta = f", ~{duration(left * seconds_per_epoch)} left" if left > 0 else ""
+    train, test = row["epoch_seconds"], row["eval_seconds"]
     return (f"{experiment_id} epoch {row['epochs']}/{epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% "
-            f"| {row['epoch_seconds']:.1f}s, {row['images_per_second']:.0f} img/s{eta}")
+            f"| train {train:.1f}s ({row['images_per_second']:.0f} img/s) + test {test:.1f}s = "
+            f"{train + test:.1f}s{eta}")
 
 
-def completed_line(experiment_id: str, metrics: dict, total_epochs: int, results_path) -> str:
-    """How a finished run is summarised: train and test accuracy, best test epoch, the results file."""
+def completed_line(payload: dict, results_path) -> str:
+    """How a finished run is summarised: how it ended (epochs, or the rule that stopped it), train and
+    test accuracy, best test epoch, the results file."""
+    from fastzhang.results import how_it_ended  # orjson: only once a run has finished
+
+    metrics = payload["metrics"]
+    ended = how_it_ended(payload) if payload["stopped_early"] else _count(payload["total_epochs"], "epoch")
     best_epoch = metrics.get("best_epoch")
     at = f" (epoch {best_epoch})" if best_epoch else ""
-    return (f"{experiment_id} completed: {_count(total_epochs, 'epoch')}; final train accuracy "
+    return (f"{payload['experiment_id']} completed: {ended}; final train accuracy "
             f"{pct(metrics.get('final_train_acc'))}, test {pct(metrics.get('final_test_acc'))}; "
             f"best test {pct(metrics.get('best_test_acc'))}{at}; results in {results_path}")
+
+
+def readable_time(stamp) -> str:
+    """A results file's timestamp as people read it: 20261203_164602 -> 2026-12-03 16:46:02."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%d_%H%M%S").strftime(_STAMP)
+    except (TypeError, ValueError):  # an ISO 8601 stamp (older files) reads well as it is
+        return str(stamp)
 
 
 def pct(value) -> str:

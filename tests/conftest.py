@@ -344,7 +344,7 @@ FZ = (sys.executable, "-m", "fastzhang")
 TINY_RUN = ("run", "--model", "mlp1", "--dataset", "synthetic", "--randomization", "random_labels",
             "--batch-size", "16", "--device", "cpu")
 # Timing is measured, not computed: it may differ between two runs of the same experiment.
-TIMING = ("epoch_seconds", "images_per_second")
+TIMING = ("epoch_seconds", "eval_seconds", "images_per_second")
 
 
 def fz_env(**extra: str) -> dict:

@@ -93,5 +93,98 @@ def test_the_batch_prefers_the_wall_time_of_its_own_runs(tmp_path, one_thread):
     assert clock.time_left([ran, queued], []) == "no time estimate yet (2 run(s) of kinds with no epoch measured)"
     run_experiment(ran.config, RunOptions(checkpoint_dir=ckpt, results_dir=res, quiet=True))
     clock.finished(ran, seconds=30.0)  # as the pool measured it: 2 epochs from scratch
-    assert clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
+    assert clock.clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
     assert clock.time_left([queued], []) == "about 45s left"  # 3 epochs at 15 s, not the training time alone
+
+
+def test_estimates_count_test_evaluation(tmp_path, one_thread):
+    """An epoch's time is its training and its test evaluation (issue 22: estimates left evaluation out)."""
+    cfg = ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "batch_size": 256, "epochs": 2})
+    metrics = run_experiment(cfg, RunOptions(checkpoint_dir=tmp_path / "c", results_dir=tmp_path / "r",
+                                             quiet=True)).results["metrics"]
+    assert len(metrics["eval_seconds"]) == 2 and all(s > 0 for s in metrics["eval_seconds"])
+    clock = estimate.EpochClock(gpus_visible=False)
+    clock.add_results(tmp_path / "r")
+    whole = sorted(t + e for t, e in zip(metrics["epoch_seconds"], metrics["eval_seconds"]))
+    assert clock.epoch_seconds(Task(tmp_path / "a.yaml", cfg)) == sum(whole) / 2
+    # files written before eval_seconds count their training alone
+    assert estimate.epoch_times({"epoch_seconds": [7.0, 6.0], "eval_seconds": [9.0, None]}) == [16.0, 6.0]
+    assert estimate.epoch_times({"epoch_seconds": [7.0]}) == [7.0]
+
+
+def test_the_batch_reads_each_checkpoint_once(tmp_path, monkeypatch):
+    """After every finished run the estimate used to re-read (and checksum) every queued checkpoint."""
+    opened = []
+    monkeypatch.setattr(checkpoint, "inspect_latest", lambda path: opened.append(path) or (None, None, []))
+    tasks = [Task(tmp_path / f"{seed}.yaml", ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "epochs": 2, "seed": seed})) for seed in (0, 1)]
+    clock = estimate.BatchClock(BatchOptions(tmp_path / "c", tmp_path / "r"), gpus_visible=False, at_once=1)
+    clock.clock.add(tasks[0].config.to_dict(), "cpu", [10.0])
+    assert clock.time_left(tasks, []) == "about 40s left"
+    assert clock.time_left(tasks[1:], tasks[:1]) == "about 40s left"  # just started: nothing run yet
+    assert len(opened) == 2
+
+
+def test_the_epoch_line_says_which_seconds_are_training_and_which_the_whole_epoch():
+    from fastzhang import runlog
+
+    row = {"epochs": 1, "train_loss": 2.2, "train_acc": 18.0, "test_loss": 2.0, "test_acc": 23.9,
+           "epoch_seconds": 7.0, "images_per_second": 714.3, "eval_seconds": 9.0}
+    assert runlog.epoch_line("x", row, 3, 16.5).endswith(
+        "| train 7.0s (714 img/s) + test 9.0s = 16.0s, ~33s left")
+
+
+def test_dry_run_lists_the_runs_that_would_fail_and_why(tmp_path, capsys):
+    """A device or data folder this machine lacks: listed as failing (exit 1); a missing data set said once."""
+    recipes, empty = tmp_path / "recipes", tmp_path / "empty"
+    recipes.mkdir()
+    empty.mkdir()
+    gone = tmp_path / "gone"
+    for seed in (1, 2):
+        (recipes / f"c100_{seed}.yaml").write_text(f"model: mlp1\ndataset: cifar100\nseed: {seed}\ndata_dir: {empty}\n")
+        (recipes / f"gone_{seed}.yaml").write_text(f"model: mlp1\nseed: {seed}\ndata_dir: {gone}\n")
+    (recipes / "gpu.yaml").write_text(f"model: mlp1\ndevice: cuda\ndata_dir: {empty}\n")
+    before = files_under(tmp_path)
+    code = run_cli(["batch", recipes, "--dry-run", "--checkpoint-dir", tmp_path / "c", "--results-dir", tmp_path / "r"])
+    out = capsys.readouterr().out.splitlines()
+    assert files_under(tmp_path) == before
+    assert code == 1 and out[-1] == ("3 run(s) would fail" if not torch.cuda.is_available() else "2 run(s) would fail")
+    assert [line for line in out if "CIFAR-100" in line] == [
+        f"note: no CIFAR-100 in {empty}: each run of it would download it first "
+        "(https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)"]
+    gone_lines = [line for line in out if "gone_" in line]
+    assert gone_lines[0].endswith(f"would fail: {gone}: no such folder (named by --data-dir / data_dir); fix the path, "
+                                  "or create the folder to download CIFAR-10 into it")
+    assert gone_lines[1].endswith("would fail: as above")
+    if not torch.cuda.is_available():
+        assert [line for line in out if "gpu.yaml" in line][0].endswith(
+            "would fail: device 'cuda' requested but CUDA is not available on this machine")
+
+
+def test_a_failures_reason_is_said_once_by_the_batch(tmp_path):
+    """The run's own lines say it, the summary says it; the progress line no longer repeats it."""
+    from fastzhang.batch.plan import FAILED, Progress, RunResult, format_summary
+
+    said = []
+    task = Task(tmp_path / "a.yaml", ExperimentConfig.from_mapping({"model": "mlp1"}))
+    progress = Progress(1, quiet=False, out=said.append)
+    progress.finish(RunResult(task, FAILED, 2, detail="no CIFAR-100 in data", seconds=0.8), 0)
+    summary = format_summary(progress.results, 1, None)
+    assert sum("no CIFAR-100" in line for line in said + summary.splitlines()) == 1
+
+
+def test_a_checkpoint_from_before_eval_seconds_resumes_into_a_valid_results_file(tmp_path, one_thread):
+    from fastzhang import results
+
+    cfg = ExperimentConfig.from_mapping(
+        {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "batch_size": 256, "epochs": 2})
+    ckpt = tmp_path / "c"
+    _half_done(cfg, ckpt)
+    latest = checkpoint.latest_path(ckpt, cfg.experiment_id)
+    old = checkpoint.load(latest)
+    del old["all_metrics"]["eval_seconds"]
+    checkpoint.save(old, latest)
+    payload = run_experiment(cfg, RunOptions(checkpoint_dir=ckpt, results_dir=tmp_path / "r", quiet=True)).results
+    assert payload["metrics"]["eval_seconds"][0] is None and payload["metrics"]["eval_seconds"][1] > 0
+    assert results.validate(results.read(results.files_for(tmp_path / "r", cfg.experiment_id)[0]).payload) is None

@@ -31,7 +31,7 @@ from fastzhang.config import ExperimentConfig
 ray = pytest.importorskip("ray")
 
 RECIPE = "model: mlp1\ndataset: synthetic\nepochs: 3\nbatch_size: 16\ntrain_subset: 512\ndevice: cpu\nseed: {seed}\n"
-TIMING = ("epoch_seconds", "images_per_second")
+TIMING = ("epoch_seconds", "eval_seconds", "images_per_second")
 SEEDS = (0, 1, 2)
 
 

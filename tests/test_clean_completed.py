@@ -83,8 +83,25 @@ def test_dry_run_lists_exactly_what_is_then_freed_and_running_experiments_keep_e
 
 def test_completed_flags_are_refused_alone_or_mixed(tmp_path, capsys):
     out = ["--checkpoint-dir", tmp_path / "c", "--results-dir", tmp_path / "r"]
+    assert run_cli(["clean", "--keep-best", "x", *out]) == 2
+    assert "--keep-best goes with --completed" in capsys.readouterr().err
     assert run_cli(["clean", "--dry-run", *out]) == 2
-    assert "--keep-best and --dry-run go with --completed" in capsys.readouterr().err
+    assert "one of the three" in capsys.readouterr().err
     assert run_cli(["clean", "--completed", "--all", *out]) == 2
     assert "one of the three" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+
+
+def test_dry_run_with_ids_lists_what_would_be_deleted(tmp_path, capsys):
+    """Issue 22: `clean --dry-run ID` was refused ("go with --completed"); `clean --help` had no description."""
+    ckpt, res = tmp_path / "c", tmp_path / "r"
+    ckpt.mkdir()
+    (ckpt / "x_checkpoint.pth").write_bytes(b"0")
+    (ckpt / "x.log").write_text("a line\n")
+    before = files_under(tmp_path)
+    assert run_cli(["clean", "x", "--dry-run", "--checkpoint-dir", ckpt, "--results-dir", res]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "would delete 2 files of 1 experiment:", f"  {ckpt / 'x.log'}", f"  {ckpt / 'x_checkpoint.pth'}"]
+    assert files_under(tmp_path) == before
+    assert run_cli(["clean", "--help"]) == 0
+    assert "Delete the files of the experiments named" in capsys.readouterr().out

@@ -112,6 +112,9 @@ def test_ids_are_safe_file_names_whatever_the_input(hostile):
     ({"device": "tpu"}, "device must be auto, cpu, cuda"),
     ({"stop_at_train_acc": 101}, r"stop_at_train_acc must be in \(0, 100\]"),
     ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+    ({"epochs": 3, "early_stop_patience": 2, "early_stop_min_epochs": 5},
+     r"early_stop_min_epochs must be at most epochs \(3\); got 5"),
+    ({"model": "MLP1"}, r"model must be one of .*; got 'MLP1' \(did you mean mlp1\?\)"),
 ])
 def test_bad_values_name_the_field(values, message):
     with pytest.raises(ConfigError, match=message) as e:

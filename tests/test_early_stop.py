@@ -61,6 +61,7 @@ def test_settings_are_part_of_the_experiment():
     assert {"early_stop_patience", "early_stop_min_epochs"} <= set(cfg.identity())
 
 
+@pytest.mark.e2e
 def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run, tmp_path):
     reference = reference_run(ES_RUN)
     want_ckpt, want = reference.result()
@@ -94,8 +95,10 @@ def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run,
     again = Fz(ES_RUN, tmp_path, name="again")
     assert again.wait() == 0, again.stderr
     assert "EXPERIMENT ALREADY COMPLETED" in again.stdout
-    assert (f"  Ended: early stopping after epoch {stop}: test accuracy last improved at epoch {improved} "
-            f"(patience {PATIENCE})") in again.stdout.splitlines()
+    ended = f"early stopping after epoch {stop}: test accuracy last improved at epoch {improved} (patience {PATIENCE})"
+    assert f"  Ended: {ended}" in again.stdout.splitlines()
+    assert f"fastzhang: {ES_ID} completed: {ended}; final train accuracy" in resumed.stdout  # why it stopped
+    assert re.search(r"^  Completed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", again.stdout, re.M)  # not 20261203_164602
 
 
 def test_a_results_file_from_before_early_stopping_stays_valid(reference_run):

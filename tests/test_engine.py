@@ -23,7 +23,7 @@ from fastzhang.lock import ExperimentLock
 from fastzhang.train import engine
 
 TINY = dict(model="mlp1", dataset="synthetic", epochs=4, batch_size=64, device="cpu")
-TIMING = ("epoch_seconds", "images_per_second")
+TIMING = ("epoch_seconds", "eval_seconds", "images_per_second")
 
 
 def tiny(**changes) -> ExperimentConfig:
@@ -276,3 +276,21 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     assert_same_run(reference[1], checkpoint.load(latest))
+
+
+def test_evaluation_shows_progress(capsys):
+    """Issue 22: evaluation showed no progress (a bar on a terminal, as training has)."""
+    from fastzhang.data.batches import ResidentData
+    from fastzhang.data.sources import load_dataset
+    from fastzhang.train.fastpath import Speed
+    from fastzhang.train.loaders import make_loader
+
+    cfg = tiny(epochs=1)
+    data = ResidentData.build(load_dataset("synthetic", None), randomization="none", corrupt_prob=0.0, seed=0,
+                              train_subset=None, device="cpu")
+    speed = Speed(False, False, False, False)
+    loader = make_loader("torch", data, cfg.batch_size, dtype=torch.float32, channels_last=False)
+    for quiet in (False, True):
+        run = engine.build_run(cfg, torch.device("cpu"), speed)
+        assert engine.train(cfg, run, data, loader, speed, engine.Hooks(save=lambda mid: None, quiet=quiet))
+        assert ("test 1/1" in capsys.readouterr().err) is not quiet

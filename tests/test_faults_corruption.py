@@ -80,13 +80,13 @@ def empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
-def _zip_entry_data(path: Path, pick) -> int:
-    """Offset in the file of the middle byte of the zip member chosen by `pick` (stored, uncompressed)."""
+def _zip_entry_data(path: Path, pick, at=lambda size: size // 2) -> int:
+    """Offset in the file of byte `at(size)` (the middle one) of the zip member chosen by `pick` (stored)."""
     with zipfile.ZipFile(path) as z:
         entry = pick(z.infolist())
     raw = path.read_bytes()
     name_len, extra_len = struct.unpack_from("<HH", raw, entry.header_offset + 26)
-    return entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+    return entry.header_offset + 30 + name_len + extra_len + at(entry.file_size)
 
 
 def flip_tensor_bit(path: Path) -> None:
@@ -99,7 +99,9 @@ def flip_tensor_bit(path: Path) -> None:
 
 
 def flip_pickle_bit(path: Path) -> None:
-    at = _zip_entry_data(path, lambda infos: next(i for i in infos if i.filename.endswith("data.pkl")))
+    """One bit of the pickle's first opcode after PROTO (a bit mid-pickle may hit an unused memo index)."""
+    at = _zip_entry_data(path, lambda infos: next(i for i in infos if i.filename.endswith("data.pkl")),
+                         at=lambda size: 2)
     raw = bytearray(path.read_bytes())
     raw[at] ^= 0x01
     path.write_bytes(bytes(raw))
@@ -270,7 +272,7 @@ def test_damaged_results_file_is_reported_and_means_not_completed(runs, tmp_path
     assert run_cli(["status"]) == 0
     out = capsys.readouterr().out
     assert f"  results/{bad.name}: " in out.split("\ndamaged files:\n")[1]
-    assert "completed" not in out.splitlines()[1]
+    assert "completed" not in out.splitlines()[2]  # the experiment's state line
 
     assert run_cli(cli_args(tmp_path)) == 0
     [warning] = stderr_lines(capsys.readouterr().err)
@@ -280,4 +282,4 @@ def test_damaged_results_file_is_reported_and_means_not_completed(runs, tmp_path
     assert latest.read_bytes() == final  # resumed after the last epoch: nothing retrained
     assert_equals_reference(tmp_path, runs[0])
     assert run_cli(["status"]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[1] == "completed"
+    assert capsys.readouterr().out.splitlines()[2].split()[0] == "completed"

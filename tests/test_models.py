@@ -111,6 +111,8 @@ def test_num_classes_changes_only_the_classifier():
 def test_unknown_model_name_is_refused():
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         build_model("resnet")
+    with pytest.raises(ValueError, match=r"unknown model 'MLP1'.*\(did you mean mlp1\?\)"):
+        build_model("MLP1")
 
 
 def test_forward_flops_count_convs_and_linears_only(models):

@@ -13,7 +13,7 @@ from fastzhang.cli import main
 from fastzhang.config import ExperimentConfig
 from fastzhang.report import build_report
 from fastzhang.report.figures import figure1b_points, figure1b_series
-from fastzhang.report.tables import load_runs
+from fastzhang.report.tables import demo_runs, load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -184,8 +184,14 @@ def test_cli_default_out_and_missing_results(tmp_path, capsys, monkeypatch):
     assert main(["report"]) == 0
     report = (tmp_path / "results" / "report" / "report.md").read_text()
     assert report.startswith("# fastzhang report")
-    assert "- Table 1 rows with a completed run: 0 of 19\n" in report
+    assert "- Table 1 rows with a full run (100 epochs on all of CIFAR-10): 0 of 19\n" in report
     assert "- largest deviation from the paper: none yet\n" in report
+    capsys.readouterr()
+    (tmp_path / "results" / "x_20250101_000000.json").write_text('{"schema_version": 1, "exp')
+    assert main(["report"]) == 0  # a damaged file: one warning line on the terminal (issue 22), not fatal
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "x_20250101" in line]
+    assert line.startswith("fastzhang: warning: results/x_20250101_000000.json: not valid JSON")
+    assert line.endswith("; left out of the report")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -234,23 +240,32 @@ def test_scorecard_counts_rows_within_the_paper(tmp_path):
     d.mkdir()
     # Deviations from the paper (train, test): at the test tolerance, just past it, train off by 1.10,
     # test off by +5.61 (the largest), train at the train tolerance.
+    full = {"epochs": 100}
     write_result(d, "20250101_000000", model="inception", random_crop=True, weight_decay=5e-4,
-                 train=100.0, test=87.55)  # 0, -1.50
-    write_result(d, "20250101_000001", model="inception", random_crop=True, train=100.0, test=87.80)  # 0, -1.51
-    write_result(d, "20250101_000002", model="alexnet", train=98.9, test=76.07)  # -1.10, 0
-    write_result(d, "20250101_000003", model="mlp3", train=100.0, test=58.0)  # 0, +5.61
+                 train=100.0, test=87.55, **full)  # 0, -1.50
+    write_result(d, "20250101_000001", model="inception", random_crop=True, train=100.0, test=87.80, **full)
+    write_result(d, "20250101_000002", model="alexnet", train=98.9, test=76.07, **full)  # -1.10, 0
+    write_result(d, "20250101_000003", model="mlp3", train=100.0, test=58.0, **full)  # 0, +5.61
     write_result(d, "20250101_000004", model="mlp1", randomization="random_labels", train=98.34,
-                 test=10.61)  # -1.00, 0
-    write_result(d, "20250101_000005", model="alexnet", random_crop=True, completed=False)  # no run
+                 test=10.61, **full)  # -1.00, 0
+    write_result(d, "20250101_000005", model="alexnet", random_crop=True, completed=False, **full)  # no run
+    # Short and subset runs: listed apart, never counted (issue 22), even when they match the paper.
+    write_result(d, "20250101_000006", model="mlp1", train=100.0, test=52.39, epochs=3)
+    write_result(d, "20250101_000007", model="inception_no_bn", train=100.0, test=83.0, epochs=100,
+                 train_subset=5000)
     report = build_report(d, tmp_path / "out").read_text()
     assert report.split("\n## ")[1].split("\n\n##")[0] == "\n".join([
         "Scorecard", "",
-        "- Table 1 rows with a completed run: 5 of 19",
+        "- Table 1 rows with a full run (100 epochs on all of CIFAR-10): 5 of 19",
         "- test accuracy within 1.5 points of the paper: 3 of 5",
         "- train accuracy within 1 point of the paper: 4 of 5",
         "- both: 2 of 5",
         "- largest deviation from the paper: +5.61 points, test accuracy of MLP 3x512 "
-        "(random crop no, weight decay no)", ""])
+        "(random crop no, weight decay no)",
+        "- not counted, only short or subset runs so far (2 rows):",
+        "  - Inception w/o BatchNorm (random crop no, weight decay no): "
+        "`inception_no_bn_cifar10_baseline_sub5000` (first 5000 images)",
+        "  - MLP 1x512 (random crop no, weight decay no): `mlp1_cifar10_baseline_ep3` (3 of 100 epochs)", ""])
 
 
 def test_figure1b_fit_threshold_is_the_reports_choice(tmp_path, capsys):
@@ -304,3 +319,28 @@ def test_figure2_shows_inception_with_and_without_batchnorm(results_dir, tmp_pat
         "| 83.00 | 1.50 |",
         "| Inception w/o BatchNorm, no regularizer | not run | — | — | — | — |",
     ]
+
+
+def test_demo_figure_stays_readable_with_10_runs(tmp_path):
+    """Issue 22: with several runs the legend covered the curves and repeated "random labels: train"."""
+    import struct
+    import warnings
+
+    from fastzhang.report.figures import demo_labels
+
+    d = tmp_path / "results"
+    d.mkdir()
+    settings = [{"model": m, "randomization": r} for m in ("mlp1", "mlp3", "alexnet") for r in ("none", "random_labels")]
+    settings += [{"model": "mlp1", "randomization": "random_labels", "seed": s} for s in (1, 2, 3, 4)]
+    for i, extra in enumerate(settings):
+        write_result(d, f"20250101_0000{i:02d}", train_subset=5000, epochs=30, train=99.0 - i, test=10.0 + i, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no tight_layout warning
+        build_report(d, tmp_path / "out")
+    png = (tmp_path / "out" / "demo.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 6.4 * 120 and height <= 4.2 * 120 + 10  # the legend beside the axes, not over the curves
+    runs = demo_runs(load_runs(results.scan(d))[0])
+    labels = demo_labels([r.cfg for r in runs])
+    assert len(set(labels)) == 10
+    assert "random labels, MLP 1x512, seed 3" in labels and "true labels, AlexNet, seed 0" in labels

@@ -77,16 +77,20 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def status_rows(capsys) -> tuple[dict[str, str], str]:
+def status_rows(capsys) -> tuple[dict[str, list[str]], str]:
+    """{ID: [TRAIN%, TEST%, BEST%, IMG/S, state line]} from `status`'s two lines per experiment."""
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     table = out.split("\n\n")[0].splitlines()
-    assert table[0].split() == ["ID", "STATE", "TRAIN%", "TEST%", "BEST_TEST%", "IMG/S", "SNAPSHOTS", "UPDATED",
-                                "RESULTS"]
-    start, end = table[0].index("UPDATED"), table[0].index("RESULTS")  # aligned columns
-    for line in table[1:]:  # UPDATED: the time of the experiment's newest file, else -
-        assert re.fullmatch(r"(\d{4}-\d\d-\d\d \d\d:\d\d|-) *", line[start:end]), line
-    return {line.split()[0]: line[:start] + line[end:] for line in table[1:]}, out
+    assert table[0].split() == ["TRAIN%", "TEST%", "BEST%", "IMG/S", "UPDATED", "ID"]
+    assert max(len(line) for line in table) <= 100
+    start, end = table[0].index("UPDATED"), table[0].index("ID")  # aligned columns
+    rows = {}
+    for line, state in zip(table[1::2], table[2::2]):  # UPDATED: the time of the newest file, else -
+        assert re.fullmatch(r"(\d\d-\d\d \d\d:\d\d|-) *", line[start:end]), line
+        assert state.startswith("    ") and state[4] != " "
+        rows[line[end:]] = line[:start].split() + [state.strip()]
+    return rows, out
 
 
 def test_status_one_row_per_experiment(lab, capsys):
@@ -96,16 +100,14 @@ def test_status_one_row_per_experiment(lab, capsys):
         after = snapshot(lab)
     assert set(rows) == {DONE, DONE_LONGER, HALF, RUNNING, BROKEN, BAD_RESULTS}
     # last epoch's train and test accuracy, best test accuracy, images/s (completed: the mean)
-    assert rows[DONE].split()[1:] == ["completed", "99.00", "90.25", "91.50", "1", "1",
-                                      f"{DONE}_20240301_101010.json"]
-    assert rows[DONE_LONGER].split()[1:11] == "completed (stopped at epoch 1 of 2) 99.00 79.00 80.00".split()
-    assert rows[HALF].split()[1:] == "stopped at epoch 4 of 10 54.00 34.00 44.00 400 0 -".split()
-    # the last epoch's time and the time left: 5 epochs of 25 s
-    assert rows[RUNNING].split()[1:] == ("in progress at epoch 5 of 10; last epoch 25s, about 2m 05s left "
-                                         "55.00 35.00 45.00 500 0 -").split()
-    assert rows[BROKEN].split()[1:] == ["damaged", "checkpoint", "-", "-", "-", "-", "0", "-"]
-    assert rows[BAD_RESULTS].split()[1:] == ["damaged", "results", "file", "-", "-", "-", "-", "0",
-                                             f"{BAD_RESULTS}_20240301_101010.json"]
+    assert rows[DONE] == ["99.00", "90.25", "91.50", "1", "completed; 1 snapshot"]
+    assert rows[DONE_LONGER] == ["99.00", "79.00", "80.00", "1", "completed (stopped at epoch 1 of 2)"]
+    assert rows[HALF] == ["54.00", "34.00", "44.00", "400", "stopped after epoch 4 of 10"]
+    # the epoch it trains now, the last epoch's time and the time left: 5 epochs of 25 s
+    assert rows[RUNNING] == ["55.00", "35.00", "45.00", "500",
+                             "in progress: epoch 6 of 10; last epoch 25s, about 2m 05s left"]
+    assert rows[BROKEN] == ["-", "-", "-", "-", "damaged checkpoint"]
+    assert rows[BAD_RESULTS] == ["-", "-", "-", "-", "damaged results file"]
     problems = out.split("\ndamaged files:\n")[1].splitlines()
     assert problems[0].startswith(f"  checkpoints/{BROKEN}_checkpoint.pth: not a readable torch file")
     assert problems[1].startswith(f"  results/{BAD_RESULTS}_20240301_101010.json: not valid JSON")
@@ -113,12 +115,28 @@ def test_status_one_row_per_experiment(lab, capsys):
     assert after == before  # status changes nothing, not even a damaged checkpoint
 
 
+def test_status_fits_100_columns_and_says_which_epoch_runs(tmp_path, monkeypatch, capsys):
+    """Issue 22: a 236-column table; "epoch 0 of 4" for a run in its first epoch."""
+    monkeypatch.chdir(tmp_path)
+    long_id = "inception_no_bn_cifar100_partial0.8_wd0.0005_crop_ep4_s9"  # 56 characters
+    R.write("results", results_payload(long_id, 91.5, 90.25))
+    first = ckpt(RUNNING, 0, epochs=4)
+    first["step_in_epoch"] = 12
+    C.save(first, C.latest_path("checkpoints", RUNNING))
+    with ExperimentLock("checkpoints", RUNNING):
+        rows, _ = status_rows(capsys)
+    assert rows[RUNNING][-1] == "in progress: epoch 1 of 4 (step 12)"
+    assert rows[long_id][-1] == "completed"
+    rows, _ = status_rows(capsys)
+    assert rows[RUNNING][-1] == "stopped in epoch 1 of 4 (step 12)"
+
+
 def test_status_after_lock_released_and_with_damaged_latest(lab, capsys):
     latest = C.latest_path("checkpoints", HALF)
     latest.write_bytes(latest.read_bytes()[:50])
     rows, out = status_rows(capsys)
-    assert rows[RUNNING].split()[1:4] == ["stopped", "at", "epoch"]
-    assert f"stopped at epoch 3 of 10 (from {HALF}_checkpoint.prev.pth; newer checkpoint damaged)" in rows[HALF]
+    assert rows[RUNNING][-1] == "stopped after epoch 5 of 10"
+    assert rows[HALF][-1] == "stopped after epoch 3 of 10 (from the previous checkpoint: the latest is damaged)"
     assert f"  checkpoints/{HALF}_checkpoint.pth: a cut-off or damaged torch archive" in out
 
 
@@ -252,15 +270,16 @@ def test_status_id_shows_the_epochs_and_the_log(lab, capsys):
     log.write_text("2024-03-01 10:10:10 epoch lines\n")
     assert main(["status", HALF]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"{HALF}: stopped at epoch 4 of 10",
-        "EPOCH  TRAIN_LOSS  TRAIN%  TEST_LOSS  TEST%  LR  SECONDS  IMG/S",
-        *(f"{e}      -           {50 + e}.00   -          {30 + e}.00  -   -        {100 * e}" for e in range(1, 5)),
+        f"{HALF}: stopped after epoch 4 of 10",
+        "EPOCH  TRAIN_LOSS  TRAIN%  TEST_LOSS  TEST%  LR  TRAIN_S  TEST_S  IMG/S",
+        *(f"{e}      -           {50 + e}.00   -          {30 + e}.00  -   -        -       {100 * e}"
+          for e in range(1, 5)),
         f"log: {log}",
     ]
     assert main(["status", DONE]) == 0  # completed: from its results file
     assert capsys.readouterr().out.splitlines()[:3] == [
-        f"{DONE}: completed", "EPOCH  TRAIN_LOSS  TRAIN%  TEST_LOSS  TEST%  LR  SECONDS  IMG/S",
-        "1      1.0000      1.00    1.0000     1.00   1   1.0      1"]
+        f"{DONE}: completed", "EPOCH  TRAIN_LOSS  TRAIN%  TEST_LOSS  TEST%  LR  TRAIN_S  TEST_S  IMG/S",
+        "1      1.0000      1.00    1.0000     1.00   1   1.0      -       1"]
 
 
 def test_status_flags_a_locked_run_that_stopped_writing(lab, capsys):
@@ -269,5 +288,5 @@ def test_status_flags_a_locked_run_that_stopped_writing(lab, capsys):
     os.utime(latest, (hour_ago, hour_ago))
     with ExperimentLock("checkpoints", RUNNING):
         rows, _ = status_rows(capsys)
-    assert "in progress at epoch 5 of 10; last epoch 25s, about 2m 05s left (no update for 1h 00m: hung?)" \
-        in rows[RUNNING]
+    assert rows[RUNNING][-1] == \
+        "in progress: epoch 6 of 10; last epoch 25s, about 2m 05s left (no update for 1h 00m: hung?)"

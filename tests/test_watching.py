@@ -116,6 +116,7 @@ def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, refer
     assert f"{REF_ID}: resuming after epoch 7: mlp1 on synthetic (random_labels)" in logged
 
 
+@pytest.mark.e2e
 def test_a_batch_runs_log_holds_its_epoch_lines_and_status_reads_it(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: mlp1\ndataset: synthetic\nepochs: 2\nbatch_size: 64\ndevice: cpu\nseed: 3\n")
@@ -128,7 +129,8 @@ def test_a_batch_runs_log_holds_its_epoch_lines_and_status_reads_it(tmp_path, ca
     assert run_cli(["status", eid, "--checkpoint-dir", tmp_path / "checkpoints",
                     "--results-dir", tmp_path / "results"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{eid}: completed" and out[1].startswith("EPOCH") and len(out) == 5
+    assert out[0] == f"{eid}: completed" and out[1].startswith("EPOCH") and len(out) == 6
+    assert out[-2].startswith(f"results: {eid}_")
     assert out[-1] == f"log: {checkpoint.log_path(tmp_path / 'checkpoints', eid)}"
 
 

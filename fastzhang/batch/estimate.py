@@ -3,8 +3,8 @@
 `intents` reads, without writing anything, where every task stands: completed
 (a results file says so), busy elsewhere (its lock is held), resumable at some
 epoch (a verified checkpoint), or new. `EpochClock` knows how long an epoch of a
-kind of experiment takes, from the epoch times recorded in earlier results
-files and in the checkpoints of the batch's own runs: the same model, data set,
+kind of experiment takes, test evaluation included, from the epoch times recorded
+in earlier results files and in the checkpoints of the batch's own runs: the same model, data set,
 training subset and kind of device (cpu / cuda). An estimate is a sum of epochs
 left times those epoch times, divided among the runs that go at once.
 """
@@ -18,20 +18,22 @@ from statistics import median
 from fastzhang.batch.plan import BatchOptions, Task
 from fastzhang.runlog import duration
 
-RUN, RESUME, SKIP, BUSY = "run", "resume", "skip", "busy"
+RUN, RESUME, SKIP, BUSY, FAIL = "run", "resume", "skip", "busy", "fail"
 
 
 @dataclass(frozen=True)
 class Intent:
     task: Task
-    action: str  # RUN | RESUME | SKIP | BUSY
+    action: str  # RUN | RESUME | SKIP | BUSY | FAIL
     epoch: int = 0  # epochs already done (RESUME)
     steps: int = 0  # steps into the next epoch (RESUME)
-    epoch_times: tuple = ()  # the training seconds of each epoch its checkpoint records
+    epoch_times: tuple = ()  # the seconds of each epoch its checkpoint records (epoch_times)
+    why: str = ""  # FAIL: what would refuse the run
+
 
     @property
     def epochs_left(self) -> int:
-        return 0 if self.action in (SKIP, BUSY) else self.task.config.epochs - self.epoch
+        return 0 if self.action in (SKIP, BUSY, FAIL) else self.task.config.epochs - self.epoch
 
     def describe(self) -> str:
         epochs = self.task.config.epochs
@@ -39,6 +41,8 @@ class Intent:
             return "skip: already completed"
         if self.action == BUSY:
             return "busy elsewhere: another process holds its lock"
+        if self.action == FAIL:
+            return f"would fail: {self.why}"
         if self.action == RESUME:
             return f"resume after epoch {self.epoch} of {epochs}" + (f" (+{self.steps} steps)" if self.steps else "")
         return f"run from scratch: {epochs} epoch(s)"
@@ -60,7 +64,7 @@ def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> lis
             continue
         payload = checkpoint.inspect_latest(checkpoint.latest_path(opts.checkpoint_dir, eid))[0]
         seen = progress(payload) if payload is not None else None
-        times = tuple(seen.metrics.get("epoch_seconds") or ()) if seen else ()
+        times = tuple(epoch_times(seen.metrics)) if seen else ()
         if not ours and lock.is_held(opts.checkpoint_dir, eid):
             out.append(Intent(task, BUSY, epoch_times=times))
         elif not opts.force and seen is not None and seen.epoch is not None and (seen.epoch or seen.step_in_epoch):
@@ -68,6 +72,31 @@ def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> lis
         else:
             out.append(Intent(task, RUN, epoch_times=times))
     return out
+
+
+def refusal(task: Task, gpus_visible: bool | None) -> tuple[str | None, str | None]:
+    """(why the run would be refused before training, a note on its data) as far as can be known
+    without loading anything: a CUDA device where none is visible (`gpus_visible` None: a Ray cluster's,
+    unknown here), a data folder named but missing or holding the other data set; data absent is a note,
+    the run downloads it."""
+    from fastzhang.data import download
+    from fastzhang.data.cifar import SPECS
+    from fastzhang.errors import DataError
+
+    cfg = task.config
+    if cfg.device.startswith("cuda") and gpus_visible is False:
+        return f"device {cfg.device!r} requested but CUDA is not available on this machine", None
+    if cfg.dataset not in SPECS:  # synthetic: made in memory
+        return None, None
+    spec, root = SPECS[cfg.dataset], download.resolve_data_dir(cfg.data_dir)
+    if download.locate(root, spec) is not None:
+        return None, None
+    try:
+        download.refuse_other_data_set(root, spec)
+        download.refuse_missing_named_folder(root, cfg.data_dir, spec)
+    except DataError as e:
+        return str(e), None
+    return None, f"no {spec.title} in {root}: each run of it would download it first ({download.official(spec)[0]})"
 
 
 def device_kind(device: str, gpus_visible: bool) -> str:
@@ -84,9 +113,9 @@ def _kind_key(config: dict, kind: str) -> tuple:
 class EpochClock:
     """Median seconds per epoch for each (model, data set, subset, device kind) seen so far.
 
-    Two sources: the training time of each epoch (`epoch_seconds` in results files and
-    checkpoints), and, better where the batch has it, the wall time per epoch of its own
-    finished runs (`wall`), which also counts evaluation, checkpoints and start-up.
+    Two sources: the training and test seconds of each epoch (`epoch_times` of results files
+    and checkpoints), and, better where the batch has it, the wall time per epoch of its own
+    finished runs (`wall`), which also counts checkpoints and start-up.
     """
 
     def __init__(self, gpus_visible: bool, wall: dict[tuple, list[float]] | None = None):
@@ -94,8 +123,7 @@ class EpochClock:
         self.seconds: dict[tuple, list[float]] = {}
         self.wall = wall or {}
 
-    def add(self, config: dict, kind: str, epoch_seconds: list) -> None:
-        times = [float(s) for s in epoch_seconds if isinstance(s, (int, float)) and s > 0]
+    def add(self, config: dict, kind: str, times: list) -> None:
         if times:
             self.seconds.setdefault(_kind_key(config, kind), []).extend(times)
 
@@ -105,7 +133,7 @@ class EpochClock:
         for entry in results.scan(results_dir):
             if entry.payload is not None:
                 self.add(entry.payload["config"], _recorded_kind(entry.payload),
-                         entry.payload["metrics"].get("epoch_seconds", []))
+                         epoch_times(entry.payload["metrics"]))
 
     def add_intents(self, plan: list[Intent]) -> None:
         """The epoch times of the checkpoints `intents` read (none read twice)."""
@@ -135,36 +163,60 @@ class EpochClock:
 
 
 class BatchClock:
-    """The batch's own measurements, and its time left after each run.
+    """The batch's time left after each run, without reading a checkpoint twice.
 
-    `time_left` reads results and checkpoints afresh each time (runs finish meanwhile),
-    each checkpoint once, and notes the epoch each queued run will start from;
-    `finished(task, seconds)` turns a run's wall time into seconds per epoch for its kind
-    of experiment.
+    At its first estimate it reads where every task stands (`intents`, each checkpoint once:
+    a queued checkpoint does not change) and the results folder's epoch times; after that it
+    learns only from the batch's own runs: `finished(task, seconds)` adds that run's results
+    file and its wall time per epoch, and a running run's estimate shrinks by the time it has run.
     """
 
     def __init__(self, opts: BatchOptions, gpus_visible: bool, at_once: int):
-        self.opts, self.gpus_visible, self.at_once = opts, gpus_visible, at_once
-        self.wall: dict[tuple, list[float]] = {}
-        self.started_at: dict[str, int] = {}  # a queued checkpoint does not change: its epoch is where it starts
+        self.opts, self.at_once = opts, at_once
+        self.clock = EpochClock(gpus_visible)
+        self.plan: dict[str, Intent] | None = None
+        self.began: dict[str, float] = {}  # time.monotonic() when the batch first saw a task running
 
     def finished(self, task: Task, seconds: float) -> None:
         from fastzhang import results
 
         found = results.find_completed(self.opts.results_dir, task.experiment_id, report=False)
-        epochs = found[1]["total_epochs"] - self.started_at.get(task.experiment_id, 0) if found else 0
+        if found is None:
+            return
+        config, kind = task.config.to_dict(), self.clock.kind(task)
+        self.clock.add(config, kind, epoch_times(found[1]["metrics"]))
+        intent = (self.plan or {}).get(task.experiment_id)
+        epochs = found[1]["total_epochs"] - (intent.epoch if intent else 0)
         if epochs > 0:
-            kind = device_kind(task.config.device, self.gpus_visible)
-            self.wall.setdefault(_kind_key(task.config.to_dict(), kind), []).append(seconds / epochs)
+            self.clock.wall.setdefault(_kind_key(config, kind), []).append(seconds / epochs)
 
     def time_left(self, queued: list[Task], running: list[Task]) -> str:
-        waiting = intents(queued, self.opts)
-        self.started_at.update((intent.task.experiment_id, intent.epoch) for intent in waiting)
-        todo = waiting + intents(running, self.opts, ours=True)
-        clock = EpochClock(self.gpus_visible, self.wall)
-        clock.add_results(self.opts.results_dir)
-        clock.add_intents(todo)
-        return time_left_text(*clock.seconds_left(todo, self.at_once))
+        import time
+
+        if self.plan is None:
+            first = intents(queued, self.opts) + intents(running, self.opts, ours=True)
+            self.plan = {intent.task.experiment_id: intent for intent in first}
+            self.clock.add_results(self.opts.results_dir)
+            self.clock.add_intents(first)
+        now = time.monotonic()
+        for task in running:
+            self.began.setdefault(task.experiment_id, now)
+        todo = [self.plan.get(t.experiment_id) or Intent(t, RUN) for t in queued + running]
+        seconds, unknown = self.clock.seconds_left(todo, 1)
+        seconds -= sum(now - self.began[t.experiment_id] for t in running if self.clock.epoch_seconds(t))
+        return time_left_text(max(0.0, seconds) / max(1, self.at_once), unknown)
+
+
+def epoch_times(metrics: dict) -> list[float]:
+    """Seconds each finished epoch took: its training plus its test evaluation where recorded
+    (eval_seconds; files written before it count training alone)."""
+    tested = metrics.get("eval_seconds") or []
+    return [t + (tested[i] if i < len(tested) and _seconds(tested[i]) else 0.0)
+            for i, t in enumerate(metrics.get("epoch_seconds") or []) if _seconds(t)]
+
+
+def _seconds(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _recorded_kind(payload: dict) -> str:

@@ -166,8 +166,9 @@ class Progress:
         self.results.append(result)
         what = result.status if result.exit_code in (0, None) else f"{result.status} (exit {result.exit_code})"
         failed = sum(r.status == FAILED for r in self.results)
-        self.note(f"== {what}: {result.task.label} after {result.seconds:.1f}s"
-                  f"{': ' + result.detail if result.detail else ''} | {len(self.results)}/{self.total} done, "
+        # a failure's detail is in the run's own lines (shown above it) and in the summary: not a third time
+        self.note(f"== {what}: {result.task.label} after {result.seconds:.1f}s | "
+                  f"{len(self.results)}/{self.total} done, "
                   f"{running} {self.running_word}, {failed} failed" + self._left())
 
     def _left(self) -> str:

@@ -36,8 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="train every experiment again from epoch 1")
     p.add_argument("--quiet", action="store_true", help="only failures and the summary")
     p.add_argument("--dry-run", action="store_true",
-                   help="say what each recipe would do (run, resume at epoch k, skip, busy) and how long it "
-                        "would take; run nothing, write nothing")
+                   help="say what each recipe would do (run, resume at epoch k, skip, busy, fail: a device or "
+                        "data folder this machine lacks) and how long it would take; run nothing, write nothing; "
+                        "exit 1 if some run would fail")
     p.add_argument("--title", default="batch", help="what the summary calls this batch (default: batch; "
                                                     "run_all_recipes.sh says 'category NAME')")
     p.set_defaults(func=_batch)
@@ -79,7 +80,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _dry_run(tasks, opts, args: argparse.Namespace) -> int:
-    """One line per experiment: what `batch` would do with it now, and the time it would take."""
+    """One line per experiment: what `batch` would do with it now, and the time it would take.
+    Exit 1 when some run would be refused (a device or data folder this machine lacks)."""
     from fastzhang.batch import estimate
     from fastzhang.batch.local import capacity, visible_gpus
 
@@ -87,14 +89,27 @@ def _dry_run(tasks, opts, args: argparse.Namespace) -> int:
     at_once = capacity(gpus, args.runs_per_gpu, args.max_parallel)
     clock = estimate.EpochClock(gpus_visible=bool(gpus))
     clock.add_results(opts.results_dir)
-    plan = estimate.intents(tasks, opts)
+    plan, notes = [], []
+    for intent in estimate.intents(tasks, opts):
+        why, note = estimate.refusal(intent.task, bool(gpus) if args.backend == "local" else None) \
+            if intent.action in (estimate.RUN, estimate.RESUME) else (None, None)
+        plan.append(estimate.Intent(intent.task, estimate.FAIL, why=why) if why else intent)
+        notes += [note] if note and note not in notes else []  # once per data set and folder
     clock.add_intents(plan)
     print(f"batch --dry-run: {len(plan)} experiment(s); nothing is run or written")
+    for note in notes:
+        print(f"note: {note}")
+    said = set()
     for intent in plan:
         per_epoch = clock.epoch_seconds(intent.task)
         cost = "" if not intent.epochs_left else (
             f", about {estimate.duration(intent.epochs_left * per_epoch)}" if per_epoch else ", no epoch time yet")
-        print(f"  {intent.task.label}: {intent.describe()}{cost}")
+        line = "would fail: as above" if intent.why and intent.why in said else intent.describe()
+        said.add(intent.why)
+        print(f"  {intent.task.label}: {line}{cost}")
     seconds, unknown = clock.seconds_left(plan, at_once)
     print(f"estimate: {estimate.time_left_text(seconds, unknown)} with up to {at_once} run(s) at once")
-    return 0
+    failing = sum(intent.action == estimate.FAIL for intent in plan)
+    if failing:
+        print(f"{failing} run(s) would fail")
+    return 1 if failing else 0

@@ -24,7 +24,13 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("clean", help="delete experiments' checkpoints and results (asks first)")
+    p = sub.add_parser(
+        "clean", help="delete experiments' checkpoints and results (asks first)",
+        description="Delete the files of the experiments named (or --all): checkpoints, snapshots, log, lock "
+                    "file and, unless --checkpoints-only, results files. Lists them and asks first; an experiment "
+                    "a running process holds is refused. --completed frees only the checkpoints of completed "
+                    "experiments, keeping results and logs.",
+    )
     p.add_argument("ids", nargs="*", metavar="ID", help="experiment IDs (see `fastzhang status`)")
     p.add_argument("--all", action="store_true", help="every experiment found in both folders")
     p.add_argument("--checkpoints-only", action="store_true", help="keep the results files")
@@ -32,15 +38,15 @@ def add_parser(sub) -> None:
                    help="free the checkpoints (latest, previous, snapshots, best) of every completed experiment; "
                         "results files and logs stay; running experiments are never touched")
     p.add_argument("--keep-best", action="store_true", help="with --completed: keep each ID_best.pth")
-    p.add_argument("--dry-run", action="store_true", help="with --completed: list what would be freed, delete nothing")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if (args.keep_best or args.dry_run) and not args.completed:
-        raise UsageError("clean: --keep-best and --dry-run go with --completed")
+    if args.keep_best and not args.completed:
+        raise UsageError("clean: --keep-best goes with --completed")
     if bool(args.ids) + bool(args.all) + bool(args.completed) != 1:
         raise UsageError("clean: give experiment IDs, --all or --completed (one of the three)")
     if args.completed:
@@ -63,7 +69,11 @@ def run(args) -> int:
             print("nothing to delete")
             return 0
         count = sum(1 for ident in ids if plan[ident])
-        heading = f"will delete {len(doomed)} files of {count} experiment{'s' if count != 1 else ''}:"
+        verb = "would delete" if args.dry_run else "will delete"
+        heading = f"{verb} {len(doomed)} files of {count} experiment{'s' if count != 1 else ''}:"
+        if args.dry_run:
+            print("\n".join([heading, *(f"  {path}" for path in doomed)]))
+            return 0
         if not _carry_out(doomed, heading, [str(path) for path in doomed], yes=args.yes):
             return 1
     print(f"deleted {len(doomed)} files")

@@ -169,9 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.status == "already_completed":
         print(completion_block(outcome, args, cfg))
     else:
-        r = outcome.results
-        print("fastzhang: " + runlog.completed_line(outcome.experiment_id, r["metrics"], r["total_epochs"],
-                                                    outcome.results_path))
+        print("fastzhang: " + runlog.completed_line(outcome.results, outcome.results_path))
     return 0
 
 
@@ -227,7 +225,7 @@ def completion_block(outcome, args, cfg: ExperimentConfig) -> str:
         f"  Final test accuracy: {runlog.pct(m.get('final_test_acc'))}",
         f"  Total epochs: {r.get('total_epochs')}",
         f"  Ended: {how_it_ended(r)}",
-        f"  Completed: {r.get('timestamp')}",
+        f"  Completed: {runlog.readable_time(r.get('timestamp'))}",
     ])
 
 

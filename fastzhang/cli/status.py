@@ -2,9 +2,9 @@
 
 States: completed (a valid results file says so), in progress (its lock is held),
 stopped (a verified checkpoint, no results, lock free: nothing is training it),
-damaged (only unreadable files). Each row shows the last finished epoch's train
-and test accuracy, the best test accuracy, images/s and when the experiment's
-files last changed; a run in progress whose files have not changed for much longer
+damaged (only unreadable files). Each row (two lines, to fit ~100 columns) shows the
+last finished epoch's train and test accuracy, the best test accuracy, images/s, when
+the experiment's files last changed, then its state; a run in progress whose files have not changed for much longer
 than an epoch takes is flagged. `status ID` prints that experiment's per-epoch
 table (from its results file, else its checkpoint) and the path of its log.
 Checkpoints are verified, read-only: status never renames, creates or deletes
@@ -78,6 +78,8 @@ def _one(args, rows: list[Row]) -> int:
                          + did_you_mean(args.id, found))
     print(f"{row.experiment_id}: {row.state}")
     print(epoch_table(row.metrics or {}))
+    if row.results_file != "-":
+        print(f"results: {row.results_file}")
     log = checkpoint.log_path(args.checkpoint_dir, row.experiment_id)
     print(f"log: {log}" + ("" if log.is_file() else " (none yet)"))
     return 0
@@ -125,12 +127,13 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     seen = payload_progress(ckpt) if ckpt is not None else None
     updated = _newest(used, log)
     if held:
-        state = f"in progress at {_progress(seen)}{_time_left(seen)}" if seen else "in progress (no checkpoint yet)"
+        state = f"in progress: {_progress(seen, running=True)}{_time_left(seen)}" if seen else \
+            "in progress (no checkpoint yet)"
         state += _quiet_for(updated, seen)
     elif seen:
-        state = f"stopped at {_progress(seen)}"
+        state = f"stopped {_progress(seen, running=False)}"
         if damage:
-            state += f" (from {used.name}; newer checkpoint damaged)"
+            state += " (from the previous checkpoint: the latest is damaged)"
     elif damage:
         state = "damaged checkpoint"
     elif bad_results:
@@ -164,25 +167,34 @@ def _quiet_for(updated: float | None, seen) -> str:
 
     if updated is None:
         return ""
-    seconds = [s for s in (seen.metrics.get("epoch_seconds") or []) if s == s] if seen else []
+    from fastzhang.batch.estimate import epoch_times
+
+    seconds = epoch_times(seen.metrics) if seen else []
     limit = max(QUIET_SECONDS, 3 * max(seconds, default=0))
     age = time.time() - updated
     return f" (no update for {duration(age)}: hung?)" if age > limit else ""
 
 
 def _time_left(seen) -> str:
-    """'; last epoch 25s, about 41m 40s left' once an epoch has been timed."""
+    """'; last epoch 25s, about 41m 40s left' once an epoch has been timed (training and test)."""
+    from fastzhang.batch.estimate import epoch_times
     from fastzhang.runlog import duration
 
-    if seen.seconds_left is None:
+    times = epoch_times(seen.metrics)
+    if not times or seen.epoch is None or seen.target_epochs is None:
         return ""
-    return f"; last epoch {duration(seen.last_epoch_seconds)}, about {duration(seen.seconds_left)} left"
+    left = max(0, seen.target_epochs - seen.epoch) * times[-1]
+    return f"; last epoch {duration(times[-1])}, about {duration(left)} left"
 
 
-def _progress(seen) -> str:
-    """`seen`: a train.state.Progress."""
-    text = f"epoch {_known(seen.epoch)} of {_known(seen.target_epochs)}"
-    return f"{text} (+{seen.step_in_epoch} steps)" if seen.step_in_epoch else text
+def _progress(seen, running: bool) -> str:
+    """Where a checkpointed run is: the epoch it trains (running, or stopped mid-epoch), else the last done."""
+    done, target, steps = seen.epoch, _known(seen.target_epochs), seen.step_in_epoch
+    if done is None or done == seen.target_epochs:
+        return f"after epoch {_known(done)} of {target}"
+    if running or steps:
+        return ("" if running else "in ") + f"epoch {done + 1} of {target}" + (f" (step {steps})" if steps else "")
+    return f"after epoch {done} of {target}" if done else f"before epoch 1 of {target}"
 
 
 def _known(value) -> str:
@@ -196,19 +208,25 @@ def _num(value: Any, spec: str = ".2f") -> str:
 
 
 def _when(stamp: float | None) -> str:
-    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+    return "-" if stamp is None else time.strftime("%m-%d %H:%M", time.localtime(stamp))
 
 
-HEADER = ("ID", "STATE", "TRAIN%", "TEST%", "BEST_TEST%", "IMG/S", "SNAPSHOTS", "UPDATED", "RESULTS")
+HEADER = ("TRAIN%", "TEST%", "BEST%", "IMG/S", "UPDATED", "ID")
 
 
 def format_table(rows: list[Row]) -> str:
-    """TRAIN% and TEST%: accuracy of the last finished epoch; IMG/S: of that epoch (completed: the mean)."""
+    """Two lines per experiment, to fit ~100 columns: the numbers and its ID (last, so a long ID widens
+    only its own line), then its state. TRAIN% and TEST%: accuracy of the last finished epoch; IMG/S:
+    of that epoch (completed: the mean); UPDATED: its newest file's time."""
     table = [HEADER] + [
-        (r.experiment_id, r.state, _num(r.final_train_acc), _num(r.final_test_acc), _num(r.best_test_acc),
-         _num(r.images_per_second, ".0f"), str(r.snapshots), _when(r.updated), r.results_file) for r in rows
+        (_num(r.final_train_acc), _num(r.final_test_acc), _num(r.best_test_acc), _num(r.images_per_second, ".0f"),
+         _when(r.updated), r.experiment_id) for r in rows
     ]
-    return _aligned(table)
+    lines = _aligned(table).splitlines()
+    for i, r in enumerate(rows, start=1):
+        kept = f"; {r.snapshots} snapshot{'s' if r.snapshots != 1 else ''}" if r.snapshots else ""
+        lines[i] += f"\n    {r.state}{kept}"
+    return "\n".join(lines)
 
 
 def _aligned(table: list[tuple[str, ...]]) -> str:
@@ -222,7 +240,8 @@ def epoch_table(metrics: dict) -> str:
     """One line per finished epoch from a metrics mapping (results file or checkpoint)."""
     columns = (("EPOCH", "epochs", ".0f"), ("TRAIN_LOSS", "train_loss", ".4f"), ("TRAIN%", "train_acc", ".2f"),
                ("TEST_LOSS", "test_loss", ".4f"), ("TEST%", "test_acc", ".2f"), ("LR", "lr", ".4g"),
-               ("SECONDS", "epoch_seconds", ".1f"), ("IMG/S", "images_per_second", ".0f"))
+               ("TRAIN_S", "epoch_seconds", ".1f"), ("TEST_S", "eval_seconds", ".1f"),
+               ("IMG/S", "images_per_second", ".0f"))
     count = len(metrics.get("epochs") or [])
     if not count:
         return "no finished epoch yet"

@@ -49,7 +49,9 @@ MODELS: dict[str, ModelSpec] = {
 def spec(name: str) -> ModelSpec:
     """The entry for `name`; ValueError naming the known models otherwise."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+        from fastzhang.errors import did_you_mean
+
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}" + did_you_mean(name, MODELS))
     return MODELS[name]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastzhang.atomicio import atomic_write
+from fastzhang.log import warn
 from fastzhang.report.fit import FIT_THRESHOLD
 
 REPORT_NAME = "report.md"
@@ -25,6 +26,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *,
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     entries = scan(results_dir)
     runs, damaged = tables.load_runs(entries)
+    for path, problem in damaged:  # listed in the report too; said here so a terminal user sees it
+        warn(f"{path}: {problem}; left out of the report")
     out_dir.mkdir(parents=True, exist_ok=True)
     demo = tables.demo_runs(runs)
     completed = sum(r.completed for r in runs)

@@ -261,20 +261,35 @@ def figure2_section(runs: list[FinishedRun], out_dir: Path) -> list[str]:
 # Demo: train and test accuracy per epoch
 
 def demo_figure(runs: list[FinishedRun], out_dir: Path) -> str | None:
+    """One color per run (up to 10 stay distinct), solid train and dashed test accuracy; the legend
+    beside the axes names each run by what sets it apart from the others."""
     path = out_dir / DEMO
     drawn = [r for r in runs if r.metrics["epochs"]]
     if not drawn:
         _drop(path)
         return None
     fig, ax = _figure()
-    for i, run in enumerate(drawn):
-        color = f"C{i}"
-        name = labels_text(run.cfg)
+    for i, (run, name) in enumerate(zip(drawn, demo_labels([r.cfg for r in drawn]))):
         epochs = [_number(e) for e in run.metrics["epochs"]]
-        ax.plot(epochs, [_number(v) for v in run.metrics["train_acc"]], color=color, label=f"{name}: train")
-        ax.plot(epochs, [_number(v) for v in run.metrics["test_acc"]], color=color, linestyle="--",
-                label=f"{name}: test")
+        ax.plot(epochs, [_number(v) for v in run.metrics["train_acc"]], color=f"C{i % 10}", label=name)
+        ax.plot(epochs, [_number(v) for v in run.metrics["test_acc"]], color=f"C{i % 10}", linestyle="--")
+    ax.plot([], [], color="black", label="train (solid)")
+    ax.plot([], [], color="black", linestyle="--", label="test (dashed)")
     ax.axhline(CHANCE_ACC, color="gray", linewidth=0.8, linestyle=":", label="chance")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 101), title="Demo: memorizing random labels")
-    _save(fig, ax, path, legend="center right")  # the curves fill the top and bottom
+    ax.grid(True, alpha=0.3)
+    # beside the axes, not over the curves; bbox_inches="tight" widens the image to hold it (no tight_layout)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return DEMO
+
+
+def demo_labels(configs: list[ExperimentConfig]) -> list[str]:
+    """Each run's label: its labels, plus the model, subset, seed, weight decay, crops or epochs where the
+    runs differ in them; its experiment ID where even those leave two alike."""
+    parts = [lambda c: display_name(c.model), lambda c: f"{c.train_subset} images", lambda c: f"seed {c.seed}",
+             lambda c: f"wd {c.weight_decay:g}", lambda c: "crops" if c.random_crop else "no crops",
+             lambda c: f"{c.epochs} epochs"]
+    varying = [part for part in parts if len({part(c) for c in configs}) > 1]
+    names = [", ".join([labels_text(c)] + [part(c) for part in varying]) for c in configs]
+    return [n if names.count(n) == 1 else c.experiment_id for n, c in zip(names, configs)]

@@ -113,9 +113,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # Table 1
 
-def table1_match(row: Table1Row, runs: list[FinishedRun]) -> FinishedRun | None:
+def table1_match(row: Table1Row, runs: list[FinishedRun], *, any_subset: bool = False) -> FinishedRun | None:
     def wanted(cfg: ExperimentConfig) -> bool:
-        return (full_cifar(cfg) and cfg.model == row.model and cfg.randomization == row.randomization
+        data = cfg.dataset == "cifar10" if any_subset else full_cifar(cfg)
+        return (data and cfg.model == row.model and cfg.randomization == row.randomization
                 and cfg.random_crop == row.random_crop and (cfg.weight_decay > 0) == row.weight_decay)
 
     return pick(runs, wanted)

@@ -19,9 +19,10 @@ from tqdm import tqdm
 from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
 from fastzhang.data.sources import classes
 from fastzhang.models.build import build_model
-from fastzhang.results import METRIC_SERIES as METRIC_KEYS  # the results file's series, one row per epoch
-from fastzhang.results import improved_epoch
+from fastzhang.results import LATER_SERIES, METRIC_SERIES, improved_epoch
 from fastzhang.train.fastpath import Speed, TrainStep, evaluate
+
+METRIC_KEYS = METRIC_SERIES + LATER_SERIES  # the results file's series, one row per epoch
 
 EVAL_BATCH = 1000
 
@@ -91,7 +92,7 @@ def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
     while not finished(cfg, run):
         if not _train_epoch(cfg, run, data, loader, speed, step_fn, hooks):
             return False
-        row = _finish_epoch(cfg, run, data, speed, hooks.stop_requested)
+        row = _finish_epoch(cfg, run, data, speed, hooks.stop_requested, hooks.quiet)
         if row is None:  # stopped during evaluation: the epoch's steps are kept, evaluated again on resume
             hooks.save(True)
             return False
@@ -232,19 +233,22 @@ class _Display:
 
 
 def _finish_epoch(cfg, run: Run, data, speed: Speed,
-                  stop_requested: Callable[[], bool] = lambda: False) -> dict | None:
-    """Evaluate, record the epoch's metrics, step the schedule; returns the epoch's row, or None (and
-    changes nothing) when a stop was requested during the evaluation."""
+                  stop_requested: Callable[[], bool] = lambda: False, quiet: bool = True) -> dict | None:
+    """Evaluate (a progress bar unless `quiet`), record the epoch's metrics, step the schedule; returns the
+    epoch's row, or None (and changes nothing) when a stop was requested during the evaluation."""
     epoch = run.epoch + 1
     sums = run.partial
     seen = max(sums["seen"], 1)
     train_loss = sums["loss_sum"].item() / seen  # the epoch's one host sync for training
     train_acc = 100.0 * sums["correct"].item() / seen
     eval_size = max(EVAL_BATCH, cfg.batch_size)
+    start = time.perf_counter()  # evaluate ends with .item(): the device is done when it returns
     batches = eval_batches(data.test_x, data.test_y, eval_size, dtype=speed.input_dtype,
                            channels_last=speed.channels_last)
+    shown = tqdm(batches, total=math.ceil(data.test_x.shape[0] / eval_size), desc=f"test {epoch}/{cfg.epochs}",
+                 unit="batch", disable=quiet, leave=False, dynamic_ncols=True)
     stopped = []
-    test_loss, test_acc = evaluate(run.model, _until_stopped(batches, stop_requested, stopped), speed)
+    test_loss, test_acc = evaluate(run.model, _until_stopped(shown, stop_requested, stopped), speed)
     if stopped:
         return None
     seconds = sums["seconds"]
@@ -252,7 +256,7 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed,
         "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
         "test_acc": test_acc, "lr": current_lr(run), "epoch_seconds": seconds,
         "images_per_second": sums["seen"] / seconds if seconds > 0 else math.nan,
-        "steps": run.global_step,
+        "steps": run.global_step, "eval_seconds": time.perf_counter() - start,
     }
     for key in METRIC_KEYS:
         run.metrics[key].append(row[key])

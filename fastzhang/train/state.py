@@ -139,18 +139,6 @@ class Progress:
     images_per_second: float | None = None  # of the last finished epoch
     metrics: dict = field(default_factory=dict)  # the per-epoch series so far (results.METRIC_SERIES)
 
-    @property
-    def last_epoch_seconds(self) -> float | None:
-        times = self.metrics.get("epoch_seconds") or [None]
-        return times[-1] if isinstance(times[-1], (int, float)) else None
-
-    @property
-    def seconds_left(self) -> float | None:
-        """The epochs still to train times the last epoch's time (an estimate; None before one epoch)."""
-        if self.last_epoch_seconds is None or self.epoch is None or self.target_epochs is None:
-            return None
-        return max(0, self.target_epochs - self.epoch) * self.last_epoch_seconds
-
 
 def progress(payload: dict) -> Progress:
     """What a verified checkpoint says about its run; tolerant of missing keys (status shows '?')."""
@@ -179,7 +167,8 @@ def restore(run: Run, payload: dict) -> None:
     run.step_in_epoch = int(payload["step_in_epoch"])
     run.global_step = int(payload["global_step"])
     run.best_test_acc = float(payload["best_test_acc"])
-    run.metrics = {k: list(payload["all_metrics"].get(k, [])) for k in METRIC_KEYS}
+    # a series the checkpoint predates (eval_seconds) is unknown for its epochs
+    run.metrics = {k: list(payload["all_metrics"].get(k, [None] * run.epoch)) for k in METRIC_KEYS}
     partial = payload["partial_epoch"]
     run.partial = {
         "loss_sum": partial["loss_sum"].to(device),
