@@ -50,7 +50,7 @@ test: setup-full
 	$(VENV)/bin/python -m pytest -q -x --timeout=900
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -x -m "not slow"
+	$(VENV)/bin/python -m pytest -q -x -m "not slow and not e2e"
 
 # The batch targets rebuild the report even when a recipe failed (it shows whatever exists),
 # then fail with the batch's exit status.

@@ -61,6 +61,7 @@ def test_settings_are_part_of_the_experiment():
     assert {"early_stop_patience", "early_stop_min_epochs"} <= set(cfg.identity())
 
 
+@pytest.mark.e2e
 def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run, tmp_path):
     reference = reference_run(ES_RUN)
     want_ckpt, want = reference.result()

@@ -192,6 +192,7 @@ def test_checkpoint_of_another_config_is_never_reused(tmp_path):
         run_experiment(cfg, opts(tmp_path))
 
 
+@pytest.mark.e2e
 def test_lock_refuses_a_second_process(tmp_path):
     cfg = tiny(epochs=1)
     with ExperimentLock(tmp_path / "checkpoints", cfg.experiment_id):
@@ -217,6 +218,7 @@ CLI_TINY = ["--model", "mlp1", "--dataset", "synthetic", "--epochs", "4", "--bat
             "--quiet"]
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     env = {**os.environ, "FASTZHANG_TEST_SLOW_WRITE": "0.05"}
     proc = _cli(*CLI_TINY, "--checkpoint-every-steps", "3", cwd=tmp_path, env=env)
@@ -239,6 +241,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     assert_same_run(reference[1], checkpoint.load(latest))
 
 
+@pytest.mark.e2e
 def test_cli_prints_completion_block(tmp_path):
     args = ["--model", "mlp1", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--quiet"]
     first = _cli(*args, cwd=tmp_path)

@@ -12,6 +12,8 @@ process start-up (importing torch) is most of a life.
 
 from __future__ import annotations
 
+import pytest
+
 import random
 import re
 import time
@@ -87,6 +89,7 @@ def kill_chain(root: Path, seed: int) -> list[tuple[int, tuple | None, list[str]
     return history
 
 
+@pytest.mark.e2e
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, reference_run):
     reference = reference_run(ARGS)  # trains beside the kills
     roots = [tmp_path / f"chain{i}" for i in range(CHAINS)]

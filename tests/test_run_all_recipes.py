@@ -148,6 +148,7 @@ def calls(env) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+@pytest.mark.e2e
 def test_runs_then_skips_completed(tmp_path, env):
     rdir = tmp_path / "recipes"
     a = recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1))
@@ -168,6 +169,7 @@ def test_runs_then_skips_completed(tmp_path, env):
     assert "0 ran, 2 skipped (already completed), 0 busy elsewhere, 0 failed" in second.stdout
 
 
+@pytest.mark.e2e
 def test_outcome_comes_from_the_results_files_not_the_output(tmp_path, env):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="completed-elsewhere")
@@ -179,6 +181,7 @@ def test_outcome_comes_from_the_results_files_not_the_output(tmp_path, env):
     assert out.stdout.count("EXPERIMENT ALREADY COMPLETED") == 2
 
 
+@pytest.mark.e2e
 def test_force_and_passthrough_flags_reach_run(tmp_path, env):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1))
@@ -193,6 +196,7 @@ def test_force_and_passthrough_flags_reach_run(tmp_path, env):
     assert len(results.files_for(tmp_path / "results", ID_A)) == 2
 
 
+@pytest.mark.e2e
 def test_broken_recipe_refuses_the_category_before_anything_runs(tmp_path, env):
     rdir = tmp_path / "recipes"
     broken = recipe(rdir, "tiny/a_broken.yaml", "model: [not, a, model\n")
@@ -204,6 +208,7 @@ def test_broken_recipe_refuses_the_category_before_anything_runs(tmp_path, env):
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_locked_counts_as_busy_not_failed(tmp_path, env):
     rdir = tmp_path / "recipes"
     locked = recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="locked")
@@ -214,6 +219,7 @@ def test_locked_counts_as_busy_not_failed(tmp_path, env):
     assert f"  {locked} ({ID_A})" in out.stdout
 
 
+@pytest.mark.e2e
 def test_all_runs_shared_experiments_once(tmp_path, env):
     rdir = tmp_path / "recipes"
     first = recipe(rdir, "cat_a/x.yaml", GOOD.format(epochs=1))
@@ -228,6 +234,7 @@ def test_all_runs_shared_experiments_once(tmp_path, env):
     assert f"same experiment as {first}: {same} ({ID_A}), runs once" in out.stderr
 
 
+@pytest.mark.e2e
 def test_all_over_the_project_recipes_runs_each_experiment_once(tmp_path, env):
     out = run_script(env, "--category", "all", recipes_dir=REPO / "recipes", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -243,6 +250,7 @@ def test_all_over_the_project_recipes_runs_each_experiment_once(tmp_path, env):
     assert "48 ran, 0 skipped" in out.stdout
 
 
+@pytest.mark.e2e
 def test_jobs_runs_recipes_at_the_same_time(tmp_path, env):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1), fake="wait-for b")
@@ -253,6 +261,7 @@ def test_jobs_runs_recipes_at_the_same_time(tmp_path, env):
     assert f"[{ID_A}] fake: trained a" in out.stdout  # a run's output is prefixed with its experiment
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_is_passed_on_and_batch_stops(tmp_path, env, sig, code):
     rdir = tmp_path / "recipes"
@@ -279,6 +288,7 @@ def test_signal_is_passed_on_and_batch_stops(tmp_path, env, sig, code):
     (["--category", "tiny", "--jobs", "0"], "--jobs must be a positive integer"),
     (["--category", "tiny", "--bogus"], "unrecognized arguments: --bogus"),
 ])
+@pytest.mark.e2e
 def test_usage_errors_exit_2(tmp_path, env, args, message):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a.yaml", GOOD.format(epochs=1))
@@ -291,6 +301,7 @@ def test_usage_errors_exit_2(tmp_path, env, args, message):
 # ------------------------------------------------------------------------------------------
 # End to end: the real `fastzhang batch` and `fastzhang run` on tiny synthetic recipes, then the report.
 
+@pytest.mark.e2e
 def test_end_to_end_with_real_runs_and_report(tmp_path):
     rdir = tmp_path / "recipes"
     recipe(rdir, "tiny/a_one.yaml", "model: mlp1\ndataset: synthetic\nepochs: 1\ntrain_subset: 256\n")

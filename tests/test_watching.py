@@ -6,6 +6,8 @@ output captured without a terminal, a batch run's log, `--resume-from PATH` alon
 
 from __future__ import annotations
 
+import pytest
+
 import shlex
 import shutil
 import time
@@ -22,6 +24,7 @@ SMALL = ["run", "--model", "mlp1", "--dataset", "synthetic", "--epochs", "2", "-
 SMALL_ID = "mlp1_synthetic_baseline_bs64_ep2"
 
 
+@pytest.mark.e2e
 def test_bare_run_is_refused_at_once_and_creates_nothing(tmp_path):
     started = time.monotonic()
     fz = Fz(["run"], tmp_path)
@@ -33,6 +36,7 @@ def test_bare_run_is_refused_at_once_and_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fz.err", "fz.out"]
 
 
+@pytest.mark.e2e
 def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp_path, monkeypatch, capsys,
                                                                             one_thread):
     fz = Fz(SMALL, tmp_path)  # stdout and stderr are files: no terminal
@@ -76,6 +80,7 @@ def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp
     assert "resuming" not in log.read_text() and "starting" in log.read_text()
 
 
+@pytest.mark.e2e
 def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, reference_run):
     reference = reference_run(REFERENCE)
     reference.result()
@@ -90,6 +95,7 @@ def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, refer
     assert f"{REF_ID}: resuming after epoch 7: mlp1 on synthetic (random_labels)" in logged
 
 
+@pytest.mark.e2e
 def test_a_batch_runs_log_holds_its_epoch_lines_and_status_reads_it(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: mlp1\ndataset: synthetic\nepochs: 2\nbatch_size: 64\ndevice: cpu\nseed: 3\n")
