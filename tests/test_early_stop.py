@@ -72,8 +72,8 @@ def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run,
     assert (want["completed"], want["stopped_early"], want["total_epochs"], want["target_epochs"]) == \
         (True, True, stop, EPOCHS)
     assert (m["early_stop_epoch"], m["fit_epoch"]) == (stop, None)
-    assert m["best_epoch"] == max(m["epochs"], key=lambda e: (m["test_acc"][e - 1], e))  # ties: the later
     improved = min(m["epochs"], key=lambda e: (-m["test_acc"][e - 1], e))  # the first to reach the best
+    assert m["best_epoch"] == improved
 
     # Killed inside the window (after the last improvement, before the stop), then resumed.
     window = improved + 1

@@ -26,11 +26,11 @@ from fastzhang import checkpoint, results
 from fastzhang.atomicio import SLOW_WRITE_ENV
 
 # Short epochs (256 images, 16 steps), so kills also land in evaluations and epoch-end writes;
-# 256 steps in all: more than 11 short lives get through, so every life is cut short.
+# 256 steps in all: more than 6 short lives get through, so every life is cut short.
 EPOCHS, SUBSET, STEPS = 16, 256, 16
 ARGS = (*TINY_RUN, "--epochs", str(EPOCHS), "--train-subset", str(SUBSET))
 EID = f"mlp1_synthetic_random_labels_bs16_ep{EPOCHS}_sub{SUBSET}"
-CHAINS, KILLS_PER_CHAIN = 2, 11
+CHAINS, KILLS_PER_CHAIN = 2, 6
 SEED = 5_2017
 MAX_DELAY = 0.45  # seconds after the run announces it is training
 EVERY = 4  # --checkpoint-every-steps

@@ -50,7 +50,7 @@ def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp
     assert lines[2].startswith(f"fastzhang: {SMALL_ID} epoch 2/2: ") and len(lines) == 3
     [first] = results.scan(tmp_path / "results")
     m = first.payload["metrics"]
-    assert m["best_epoch"] == max((acc, epoch) for epoch, acc in zip(m["epochs"], m["test_acc"]))[1]
+    assert m["best_epoch"] == results.best_epoch(m["epochs"], m["test_acc"])
     assert fz.stdout == (f"fastzhang: {SMALL_ID} completed: 2 epochs; final train accuracy {m['final_train_acc']:.2f}%, "
                          f"test {m['final_test_acc']:.2f}%; best test {m['best_test_acc']:.2f}% (epoch "
                          f"{m['best_epoch']}); results in {first.path.relative_to(tmp_path)}\n")

@@ -20,7 +20,7 @@ from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
 from fastzhang.data.sources import classes
 from fastzhang.models.build import build_model
 from fastzhang.results import METRIC_SERIES as METRIC_KEYS  # the results file's series, one row per epoch
-from fastzhang.results import improved_epoch
+from fastzhang.results import best_epoch
 from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
 EVAL_BATCH = 1000
@@ -120,11 +120,11 @@ def end_cause(cfg, run: Run) -> str | None:
 
 def early_stop_due(cfg, epochs: list, test_acc: list) -> bool:
     """Early stopping: from epoch early_stop_min_epochs on, stop once the best test accuracy is
-    early_stop_patience epochs old, counted from the epoch that first reached it (results.improved_epoch)."""
+    early_stop_patience epochs old, counted from the epoch that first reached it (results.best_epoch)."""
     if cfg.early_stop_patience is None or not epochs:
         return False
     last = epochs[-1]
-    return last >= cfg.early_stop_min_epochs and last - (improved_epoch(epochs, test_acc) or 0) >= \
+    return last >= cfg.early_stop_min_epochs and last - (best_epoch(epochs, test_acc) or 0) >= \
         cfg.early_stop_patience
 
 
