@@ -132,6 +132,7 @@ def test_two_cpu_runs_at_once_then_skip_fail_busy_and_dedup(tmp_path):
     assert len(results_files(tmp_path, eid(a))) == len(results_files(tmp_path, eid(b))) == 1
 
 
+@pytest.mark.e2e
 def test_each_run_sees_one_gpu_up_to_k_per_gpu(tmp_path, monkeypatch):
     """GPU pinning without GPUs: the runs train on the CPU, but what they were given is real."""
     recipes = [write_recipe(tmp_path / "r", f"{n}.yaml", seed=n, epochs=2, subset=256) for n in range(3)]

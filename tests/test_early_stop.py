@@ -99,6 +99,7 @@ def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run,
             f"(patience {PATIENCE})") in again.stdout.splitlines()
 
 
+@pytest.mark.e2e
 def test_a_results_file_from_before_early_stopping_stays_valid(reference_run):
     _, payload = reference_run(ES_RUN).result()
     older = {**payload, "metrics": {k: v for k, v in payload["metrics"].items()
