@@ -21,6 +21,7 @@ JOBS     ?= 1
 help:
 	@echo "make demo        set up, run the CPU demo (true vs random labels), write the report"
 	@echo "make test        set up with all extras and run the test suite (what CI runs)"
+	@echo "make test-fast   the dev extra only; the unit tests, without those marked slow or e2e (< 1 min)"
 	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/, run kept in"
 	@echo "                 bench/history/ (BENCH_THREADS=1 on a shared machine; BENCH_SELECT=expr: pytest -k)"
 	@echo "make bench-compare  the latest run against bench/history/: regressions, trend.png"
