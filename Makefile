@@ -21,6 +21,7 @@ JOBS     ?= 1
 help:
 	@echo "make demo        set up, run the CPU demo (true vs random labels), write the report"
 	@echo "make test        set up with all extras and run the test suite (what CI runs)"
+	@echo "make test-fast   the dev extra only; the unit tests, without those marked slow or e2e (< 1 min)"
 	@echo "make bench       CPU benchmark suite (pytest-benchmark), JSON + table in bench/out/, run kept in"
 	@echo "                 bench/history/ (BENCH_THREADS=1 on a shared machine; BENCH_SELECT=expr: pytest -k)"
 	@echo "make bench-compare  the latest run against bench/history/: regressions, trend.png"
@@ -50,7 +51,7 @@ test: setup-full
 	$(VENV)/bin/python -m pytest -q -x --timeout=900
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -x -m "not slow"
+	$(VENV)/bin/python -m pytest -q -x -m "not slow and not e2e"
 
 # The batch targets rebuild the report even when a recipe failed (it shows whatever exists),
 # then fail with the batch's exit status.

@@ -282,8 +282,60 @@ def report(runs: list[Run], verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
+def series(runs: list[Run]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The trend figure's lines: suite -> line label -> [(run index, ratio)], runs oldest first."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for index, run in enumerate(runs):
+        for key in run.benchmarks:
+            suite = key.split("::", 1)[0].removeprefix("test_bench_").removesuffix(".py")
+            for name, point in points(run, key).items():
+                if name[0] == "ratio":
+                    label = short_name(key) + (f" ({name[1]})" if name[1] != RATIO_KEYS[0] else "") + f" [{name[2]}]"
+                    out.setdefault(suite, {}).setdefault(label, []).append((index, point.value))
+    return out
+
+
 def _contention(point: Point) -> str:
     return f"load {point.load:.1f} > {point.run.cores} cores"
+
+
+def draw(lines: dict[str, dict[str, list[tuple[int, float]]]], runs: list[str], path: Path) -> None:
+    """bench/history/trend.png: each ratio against its in-run baseline, run after run; `lines` from series(),
+    `runs` labels the x positions (commit and date), oldest first. One panel per suite, log scale (a 30%
+    drop is the same height at 2x as at 14x); ratios, not images/s: they compare across machines."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a build machine
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    suites = sorted(lines) or ["(no ratios recorded)"]
+    fig, axes = plt.subplots(len(suites), 1, figsize=(11, 3.2 * len(suites)), squeeze=False, sharex=True)
+    for ax, suite in zip(axes[:, 0], suites):
+        drawn = sorted(lines.get(suite, {}).items())
+        for i, (label, values) in enumerate(drawn):
+            xs, ys = zip(*values)  # past the ten colours of the cycle, a new dash tells the lines apart
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, linestyle=("-", "--", ":")[i // 10 % 3],
+                    label=label)
+        ax.set_yscale("log")
+        if drawn:  # room for ticks at 1, 2, 5 x 10^k even when every ratio sits near one value
+            ys = [y for _, values in drawn for _, y in values]
+            ax.set_ylim(min(ys) / 1.6, max(ys) * 1.6)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("ratio to baseline")
+        ax.set_title(f"bench/test_bench_{suite}.py" if suite in lines else suite, fontsize=9, loc="left")
+        ax.grid(True, which="both", alpha=0.3)
+        if suite in lines:
+            ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[-1, 0].set_xticks(range(len(runs)))
+    axes[-1, 0].set_xticklabels(runs, rotation=60, fontsize=6, ha="right")
+    fig.suptitle("Benchmark ratios against the in-run baseline, by run (bench/history/)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,9 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = compare(runs, floor=args.floor, window=args.window)
     print(report(runs, verdicts))
     if args.figure is not None:
-        from trend import draw
-
-        draw(runs, args.figure)
+        draw(series(runs), [f"{run.commit}\n{run.time[5:16].replace('T', ' ')}" for run in runs], args.figure)
         print(f"trend of the ratios: {args.figure}")
     return 1 if any(v.regressed for v in verdicts) else 0
 

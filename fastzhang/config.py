@@ -28,9 +28,15 @@ from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
 from fastzhang.errors import UsageError, did_you_mean
 from fastzhang.models.registry import MODELS, default_lr
 
-SWITCHES = ("auto", "on", "off")
 SPEED_SWITCHES = ("amp", "compile", "cuda_graphs", "channels_last")  # train/fastpath.Speed's fields
 LOADERS = ("auto", "torch", "triton", "dali")  # train/loaders.py: only auto chooses
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The one table of fields whose values are names, with the values allowed: config checks them
+    (suggesting the closest), `fastzhang run`'s usage shows them. A function: models may be registered late."""
+    return {"model": tuple(MODELS), "dataset": DATASETS, "randomization": RANDOMIZATIONS,
+            **dict.fromkeys(SPEED_SWITCHES, ("auto", "on", "off")), "loader": LOADERS}
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -186,12 +192,8 @@ def _choice(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None
 
 def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
     """Check ranges, then give equivalent experiments one spelling (and so one ID)."""
-    _choice(source, "model", cfg.model, tuple(MODELS))
-    _choice(source, "dataset", cfg.dataset, DATASETS)
-    _choice(source, "randomization", cfg.randomization, RANDOMIZATIONS)
-    for key in SPEED_SWITCHES:
-        _choice(source, key, getattr(cfg, key), SWITCHES)
-    _choice(source, "loader", cfg.loader, LOADERS)
+    for key, allowed in choices().items():
+        _choice(source, key, getattr(cfg, key), allowed)
     if not _DEVICE_RE.match(cfg.device):
         raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
     if not 0.0 <= cfg.corrupt_prob <= 1.0:

@@ -46,9 +46,15 @@ class WriteError(FastZhangError):
     exit_code = 5
 
 
-def one_line(error: BaseException, limit: int | None = 200) -> str:
-    """'Type: first line of the message' (cut at `limit`): an exception as a warning or results field."""
-    first = (str(error).strip().splitlines() or [""])[0][:limit]
+def one_line(error: BaseException, limit: int | None = 200, *, last: bool = False) -> str:
+    """'Type: first line of the message' (cut at `limit`): an exception as a warning or results field.
+
+    last=True: the message's last line alone, a wrapping library's root cause (W&B's "while retrying: ...").
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if last:
+        return (lines[-1].removeprefix("while retrying: ") if lines else type(error).__name__)[:limit]
+    first = (lines or [""])[0][:limit]
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 

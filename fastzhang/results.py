@@ -139,16 +139,9 @@ def _metrics_problem(metrics: dict[str, Any]) -> str | None:
 
 
 def best_epoch(epochs: list, test_acc: list) -> int | None:
-    """The epoch (1-based) of the best test accuracy, ties to the later epoch (as state.is_best)."""
-    scored = [(acc, epoch) for epoch, acc in zip(epochs, test_acc) if acc is not None and acc == acc]
-    return max(scored)[1] if scored else None
-
-
-def improved_epoch(epochs: list, test_acc: list) -> int | None:
-    """The epoch (1-based) at which test accuracy last rose above all before it: the first to reach the best.
-
-    Early stopping counts the best accuracy's age from here (an equal accuracy later is no improvement).
-    """
+    """The epoch (1-based) that first reached the best test accuracy: an equal accuracy later is no
+    improvement. The one rule for `metrics.best_epoch`, the best checkpoint (state.is_best) and the
+    age early stopping counts (engine.early_stop_due)."""
     scored = [(acc, -epoch) for epoch, acc in zip(epochs, test_acc) if acc is not None and acc == acc]
     return -max(scored)[1] if scored else None
 
@@ -158,7 +151,7 @@ def how_it_ended(payload: dict[str, Any]) -> str:
     m, cfg = payload["metrics"], payload["config"]
     if m.get("early_stop_epoch") is not None:
         return (f"early stopping after epoch {m['early_stop_epoch']}: test accuracy last improved at epoch "
-                f"{improved_epoch(m['epochs'], m['test_acc'])} (patience {cfg.get('early_stop_patience')})")
+                f"{best_epoch(m['epochs'], m['test_acc'])} (patience {cfg.get('early_stop_patience')})")
     if payload["stopped_early"] and m.get("fit_epoch") is not None:
         return f"train accuracy reached {cfg.get('stop_at_train_acc')}% at epoch {m['fit_epoch']}"
     return f"{payload['total_epochs']} of {payload['target_epochs']} epochs trained"

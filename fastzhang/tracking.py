@@ -19,7 +19,7 @@ from typing import Callable
 
 from fastzhang import log
 from fastzhang.config import ExperimentConfig
-from fastzhang.errors import UsageError
+from fastzhang.errors import UsageError, one_line
 from fastzhang.results import METRIC_SCALARS  # the run's summary in W&B: the results file's scalars
 
 INIT_TIMEOUT_S = 20.0  # how long `wandb.init` may try online before the run goes offline
@@ -72,7 +72,7 @@ class Tracker:
         except Exception as e:  # W&B is an observer: whatever it raises, training goes on
             if not self.failed:
                 kept = _sync_hint(self.handle, self.run_id)
-                self.warn(f"{self.label}: W&B {what} failed ({_one_line(e)}); training continues without W&B "
+                self.warn(f"{self.label}: W&B {what} failed ({one_line(e, last=True)}); training continues without W&B "
                           "logging" + (f"; what was logged is kept: {kept}" if kept else ""))
             self.failed = True
 
@@ -104,7 +104,7 @@ def start(wandb, cfg: ExperimentConfig, run_id: str | None, *, say: Callable[[st
             handle = wandb.init(**args, mode="offline", settings=_settings(wandb))
             warn(f"{label}: W&B logs offline ({reason}); sync later with: {_sync_hint(handle, run_id)}")
     except Exception as e:
-        warn(f"{label}: W&B could not start ({_one_line(e)}); training continues without W&B logging")
+        warn(f"{label}: W&B could not start ({one_line(e, last=True)}); training continues without W&B logging")
         handle = None
     return Tracker(handle, run_id, label, warn)
 
@@ -117,7 +117,7 @@ def _start_online(wandb, args: dict):
         return wandb.init(**args, settings=_settings(wandb, online=True)), None
     except Exception as e:
         wandb.teardown()  # a failed attempt still holds the run id in W&B's service
-        return None, f"W&B online unavailable: {_one_line(e)}"
+        return None, f"W&B online unavailable: {one_line(e, last=True)}"
 
 
 def _settings(wandb, *, online: bool = False):
@@ -142,11 +142,3 @@ def _sync_hint(handle, run_id: str) -> str:
         return ""
     prefix = "offline-run" if handle.offline else "run"
     return f"wandb sync {folder}/{prefix}-*-{run_id}"
-
-
-def _one_line(e: Exception) -> str:
-    """The last line of W&B's message (its root cause), short enough for one warning line."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    text = text.removeprefix("while retrying: ")
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -229,6 +229,7 @@ def test_dali_loader_without_nvidia_dali_is_refused(tmp_path, monkeypatch, capsy
     assert_refused(case, cwd, before, code, captured.out, captured.err)
 
 
+@pytest.mark.e2e
 def test_bad_input_is_refused_by_real_processes(tmp_path):
     chosen = [c for c in CASES if c.id in IN_A_PROCESS]
     assert len(chosen) == len(IN_A_PROCESS)

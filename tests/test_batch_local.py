@@ -91,6 +91,7 @@ def results_files(root: Path, ident: str) -> list[Path]:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_two_cpu_runs_at_once_then_skip_fail_busy_and_dedup(tmp_path):
     recipes = tmp_path / "recipes"
     a = write_recipe(recipes, "a.yaml", seed=0, epochs=2)
@@ -132,6 +133,7 @@ def test_two_cpu_runs_at_once_then_skip_fail_busy_and_dedup(tmp_path):
     assert len(results_files(tmp_path, eid(a))) == len(results_files(tmp_path, eid(b))) == 1
 
 
+@pytest.mark.e2e
 def test_each_run_sees_one_gpu_up_to_k_per_gpu(tmp_path, monkeypatch):
     """GPU pinning without GPUs: the runs train on the CPU, but what they were given is real."""
     recipes = [write_recipe(tmp_path / "r", f"{n}.yaml", seed=n, epochs=2, subset=256) for n in range(3)]
@@ -202,6 +204,7 @@ def test_summary_is_the_batch_scripts_too():
         "\n== summary for batch: 0 ran, 0 skipped (already completed), 0 busy elsewhere, 0 failed")
 
 
+@pytest.mark.e2e
 def test_sigint_stops_the_running_one_after_its_checkpoint_and_starts_no_more(tmp_path):
     first = write_recipe(tmp_path / "r", "a.yaml", seed=0, epochs=200)
     second = write_recipe(tmp_path / "r", "b.yaml", seed=1, epochs=200)

@@ -81,6 +81,7 @@ def weights(root: Path, ident: str) -> dict:
     return payload["model_state_dict"]
 
 
+@pytest.mark.e2e
 def test_killed_worker_is_retried_and_every_result_equals_a_run_alone(cluster, capsys):
     root, ids = cluster
     batch_root = root / "batch"
@@ -118,6 +119,7 @@ def test_killed_worker_is_retried_and_every_result_equals_a_run_alone(cluster, c
     assert all(len(results.files_for(batch_root / "res", ident)) == 1 for ident in ids)
 
 
+@pytest.mark.e2e
 def test_our_errors_are_answers_not_retried(cluster, capsys):
     root, ids = cluster
     bad_root = root / "bad"
@@ -162,6 +164,7 @@ def test_gpu_fraction_fits_k_tasks_per_gpu():
         assert ray_backend.gpu_fraction(k) * k <= 1.0 and ray_backend.gpu_fraction(k) > 1 / k - 1e-4
 
 
+@pytest.mark.e2e
 def test_retry_waits_for_the_lock_of_a_dying_holder_then_runs(tmp_path):
     """run_task in this process (no Ray needed): the lock's holder is SIGKILLed after ~1 s."""
     cfg = ExperimentConfig.from_mapping({"model": "mlp1", "dataset": "synthetic", "device": "cpu", "epochs": 1})

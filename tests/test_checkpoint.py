@@ -137,6 +137,7 @@ def test_failing_writer_removes_tmp_and_propagates(tmp_path):
     assert files_in(tmp_path) == before
 
 
+@pytest.mark.e2e
 def test_kill_inside_checkpoint_write_keeps_old_checkpoint(tmp_path):
     path = tmp_path / "x_checkpoint.pth"
     C.save(payload(epoch=1), path)

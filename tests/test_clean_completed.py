@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ def hold_lock(ckpt, ident) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.e2e
 def test_dry_run_lists_exactly_what_is_then_freed_and_running_experiments_keep_everything(
         tmp_path, capsys, monkeypatch, one_thread):
     ckpt, res = tmp_path / "checkpoints", tmp_path / "results"

@@ -119,6 +119,7 @@ def test_missing_dali_is_a_usage_error_with_the_install_hint(monkeypatch):
         dali.DaliLoader(resident(), 128, device="cpu")
 
 
+@pytest.mark.e2e
 @needs_dali
 def test_fastzhang_run_with_dali_gives_the_torch_loaders_metrics(tmp_path):
     """`fastzhang run --loader dali` end to end (real CLI processes) against `--loader torch`.

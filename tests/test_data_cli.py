@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import re
 import subprocess
 import sys
@@ -31,6 +33,7 @@ def test_info_reports_location_counts_histogram_fingerprints(cifar_any, monkeypa
     assert f"content fingerprint:  {expected.content_fingerprint}" in out
 
 
+@pytest.mark.e2e
 def test_info_synthetic_subprocess():
     result = run_cli("data", "info", "--dataset", "synthetic")
     assert result.returncode == 0, result.stderr
@@ -38,6 +41,7 @@ def test_info_synthetic_subprocess():
     assert re.search(r"fingerprint: +[0-9a-f]{64}  \(synthetic\)", result.stdout)
 
 
+@pytest.mark.e2e
 def test_missing_data_exits_2_with_one_line(tmp_path):
     result = run_cli("data", "info", "--data-dir", str(tmp_path / "empty"), "--no-download")
     assert result.returncode == 2
@@ -48,6 +52,7 @@ def test_missing_data_exits_2_with_one_line(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.e2e
 def test_crafted_batch_exits_2_and_runs_nothing(cifar_python, tmp_path):
     import os
     import pickle
@@ -65,6 +70,7 @@ def test_crafted_batch_exits_2_and_runs_nothing(cifar_python, tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.e2e
 def test_real_cifar10_info(shared_cifar, user_env):
     result = run_cli("data", "info", "--data-dir", str(shared_cifar), env=user_env, timeout=600)
     assert result.returncode == 0, result.stderr

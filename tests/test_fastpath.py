@@ -258,6 +258,7 @@ def test_engine_epochs_with_captured_steps_equal_plain_epochs(monkeypatch):
 # compile, channels_last, AMP, evaluation
 
 
+@pytest.mark.slow  # torch.compile on CPU: ~20 s of Inductor codegen
 def test_compiled_mlp1_trains_like_eager():
     x, y = data(64)
     runs = {}

@@ -9,6 +9,8 @@ lock for seconds and the loser, however late the scheduler starts it, meets it.
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import TINY_RUN, Fz, assert_same_results, assert_same_training, fz_env, stderr_lines
 
 from fastzhang import checkpoint, results
@@ -19,6 +21,7 @@ ARGS = (*TINY_RUN, "--epochs", str(EPOCHS))
 EID = f"mlp1_synthetic_random_labels_bs16_ep{EPOCHS}"
 
 
+@pytest.mark.e2e
 def test_two_processes_on_one_experiment_exactly_one_trains(tmp_path, reference_run):
     reference = reference_run(ARGS)
     env = fz_env(**{SLOW_WRITE_ENV: "0.1"})

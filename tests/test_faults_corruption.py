@@ -172,6 +172,7 @@ def test_no_good_checkpoint_stops_with_exit_4_and_touches_nothing(lab, runs, cap
     assert_equals_reference(root, runs[0])
 
 
+@pytest.mark.e2e
 def test_no_good_checkpoint_exit_code_of_the_real_process(lab):
     root, latest, prev = lab
     empty(latest)
@@ -231,6 +232,7 @@ def test_exploit_in_place_of_latest_is_refused_unrun_and_prev_is_used(lab, runs,
     assert_equals_reference(root, runs[0])
 
 
+@pytest.mark.e2e
 def test_exploit_through_resume_from_and_as_only_checkpoint_never_runs(tmp_path):
     """Real processes: `--resume-from exploit` is bad input (2); an exploit as the only checkpoint is 4."""
     marker = tmp_path / "pwned"

@@ -12,6 +12,8 @@ process start-up (importing torch) is most of a life.
 
 from __future__ import annotations
 
+import pytest
+
 import random
 import re
 import time
@@ -24,11 +26,11 @@ from fastzhang import checkpoint, results
 from fastzhang.atomicio import SLOW_WRITE_ENV
 
 # Short epochs (256 images, 16 steps), so kills also land in evaluations and epoch-end writes;
-# 256 steps in all: more than 11 short lives get through, so every life is cut short.
+# 256 steps in all: more than 8 short lives get through, so every life is cut short.
 EPOCHS, SUBSET, STEPS = 16, 256, 16
 ARGS = (*TINY_RUN, "--epochs", str(EPOCHS), "--train-subset", str(SUBSET))
 EID = f"mlp1_synthetic_random_labels_bs16_ep{EPOCHS}_sub{SUBSET}"
-CHAINS, KILLS_PER_CHAIN = 2, 11
+CHAINS, KILLS_PER_CHAIN = 2, 8
 SEED = 5_2017
 MAX_DELAY = 0.45  # seconds after the run announces it is training
 EVERY = 4  # --checkpoint-every-steps
@@ -87,6 +89,7 @@ def kill_chain(root: Path, seed: int) -> list[tuple[int, tuple | None, list[str]
     return history
 
 
+@pytest.mark.e2e
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, reference_run):
     reference = reference_run(ARGS)  # trains beside the kills
     roots = [tmp_path / f"chain{i}" for i in range(CHAINS)]
@@ -107,5 +110,5 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, refere
     in_write = sum(bool(h[2]) for h in kills)
     points = [[h[1] for h in history] for history in histories]
     print(f"\n{len(kills)} SIGKILLs, {in_write} inside a write; resume points: {points}")
-    assert len(kills) >= 20
-    assert in_write >= 3, f"only {in_write} of {len(kills)} kills landed inside a write: {histories}"
+    assert len(kills) >= CHAINS * KILLS_PER_CHAIN - 2  # a life may end before its kill
+    assert in_write >= 2, f"only {in_write} of {len(kills)} kills landed inside a write: {histories}"

@@ -11,6 +11,8 @@ an epoch can only come from a stop request.
 
 from __future__ import annotations
 
+import pytest
+
 import random
 import re
 import signal
@@ -57,6 +59,7 @@ def _stop(tmp_path, name: str, rng: random.Random, signals: tuple[signal.Signals
     return fz, before, resumed
 
 
+@pytest.mark.e2e
 def test_sigterm_sigint_and_double_sigint_then_exact_resumption(tmp_path, reference_run):
     reference = reference_run(ARGS)
     rng = random.Random(143_130)

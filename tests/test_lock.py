@@ -56,6 +56,7 @@ def test_second_holder_in_same_process_is_refused(tmp_path):
     assert err.value.exit_code == 3
 
 
+@pytest.mark.e2e
 def test_other_process_holds_lock_until_sigkill(tmp_path):
     child = start_holder(tmp_path, "e1")
     try:

@@ -9,6 +9,7 @@ from torch import nn
 
 from fastzhang.cli import main
 from fastzhang.models.build import build_model
+from fastzhang.train.fastpath import compile_model
 from fastzhang.models.measure import count_trainable, forward_flops
 from fastzhang.models.registry import MODELS
 from fastzhang.models.inception import STAGES, BatchNormShift
@@ -316,7 +317,7 @@ def test_channels_last_and_bf16_autocast(models, name):
 def test_compiled_fullgraph_equals_eager():
     model = build_model("alexnet", seed=0).eval()
     x, _ = _batch(4)
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = compile_model(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
@@ -326,7 +327,7 @@ def test_compiled_lrn_backward_under_autocast_stays_float32():
     # The traced backward takes the scan path (an autocast context would break tracing): still float32.
     x = (torch.randn(2, 64, 3, 3, generator=torch.Generator().manual_seed(6)) * 30).requires_grad_(True)
     expected = torch.autograd.grad(local_response_norm(x).pow(2).sum(), x)[0]
-    compiled = torch.compile(LocalResponseNorm(), fullgraph=True)
+    compiled = compile_model(LocalResponseNorm(), fullgraph=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = torch.autograd.grad(compiled(x).pow(2).sum(), x)[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
 def test_the_wheel_holds_every_module_and_kernels_only_inside_fastzhang(tmp_path):
     pytest.importorskip("setuptools", reason="builds without isolation, offline: needs setuptools installed")
     src = tmp_path / "src"

@@ -169,3 +169,17 @@ def test_scan_lists_every_json_with_its_problem(tmp_path):
     assert broken.payload is None and "not valid JSON" in broken.problem and broken.experiment_id == LONGER
     assert entries["summary.json"].problem.startswith("its name is not") and entries["summary.json"].experiment_id is None
     assert R.scan(tmp_path / "missing") == []
+
+
+def test_best_epoch_is_the_first_to_reach_the_best_and_the_best_checkpoint_agrees():
+    from types import SimpleNamespace
+
+    from fastzhang.train.state import is_best
+
+    epochs, acc = [1, 2, 3, 4, 5], [10.0, 42.5, 30.0, 42.5, float("nan")]
+    assert R.best_epoch(epochs, acc) == 2  # epoch 4 ties: an equal accuracy is no improvement
+    assert R.best_epoch([1, 2], [None, 7.0]) == 2 and R.best_epoch([], []) is None
+    # The best checkpoint is written at exactly that epoch: after epochs 1 and 2, not after 3 or 4.
+    written = [is_best(SimpleNamespace(metrics={"test_acc": acc[:k]}), mid_epoch=False) for k in (1, 2, 3, 4)]
+    assert written == [True, True, False, False]
+    assert not is_best(SimpleNamespace(metrics={"test_acc": acc[:2]}), mid_epoch=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
@@ -20,6 +22,7 @@ def _results(folder) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
 
 
+@pytest.mark.e2e
 def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path):
     first = Fz([*ARGS, "--snapshot-every", "2"], tmp_path)
     assert first.wait() == 0, first.stderr
@@ -52,6 +55,7 @@ def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path):
                            buffers["momentum_buffer"])
 
 
+@pytest.mark.e2e
 def test_a_damaged_snapshot_is_refused_with_exit_4_and_nothing_written(tmp_path):
     first = Fz([*ARGS, "--epochs", "3", "--snapshot-every", "2"], tmp_path)
     assert first.wait() == 0, first.stderr

@@ -191,6 +191,7 @@ def test_clean_checkpoints_only_keeps_results(lab, capsys):
     assert "of 2 experiments" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_clean_refuses_running_experiment_and_deletes_nothing(lab, capsys):
     before = snapshot(lab)
     holder = subprocess.Popen(
@@ -213,6 +214,7 @@ def test_clean_refuses_running_experiment_and_deletes_nothing(lab, capsys):
     assert snapshot(lab) == before
 
 
+@pytest.mark.e2e
 def test_clean_without_terminal_refuses(lab):
     before = snapshot(lab)
     run = subprocess.run(

@@ -83,6 +83,7 @@ def summary(run_folder) -> dict:
     return found
 
 
+@pytest.mark.e2e
 def test_no_key_or_no_server_logs_offline_with_one_warning_and_one_run_id(tmp_path):
     folders = {name: tmp_path / name for name in CASES}
     envs = {name: wandb_env(folders[name], **extra) for name, (extra, _) in CASES.items()}

@@ -29,6 +29,7 @@ SMALL = ["run", "--model", "mlp1", "--dataset", "synthetic", "--epochs", "2", "-
 SMALL_ID = "mlp1_synthetic_baseline_bs64_ep2"
 
 
+@pytest.mark.e2e
 def test_bare_run_is_refused_at_once_and_creates_nothing(tmp_path):
     started = time.monotonic()
     fz = Fz(["run"], tmp_path)
@@ -40,6 +41,7 @@ def test_bare_run_is_refused_at_once_and_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fz.err", "fz.out"]
 
 
+@pytest.mark.e2e
 def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp_path, monkeypatch, capsys,
                                                                             one_thread):
     fz = Fz(SMALL, tmp_path)  # stdout and stderr are files: no terminal
@@ -53,7 +55,7 @@ def test_output_without_a_terminal_log_file_and_completion_advice_that_works(tmp
     assert lines[2].startswith(f"fastzhang: {SMALL_ID} epoch 2/2: ") and len(lines) == 3
     [first] = results.scan(tmp_path / "results")
     m = first.payload["metrics"]
-    assert m["best_epoch"] == max((acc, epoch) for epoch, acc in zip(m["epochs"], m["test_acc"]))[1]
+    assert m["best_epoch"] == results.best_epoch(m["epochs"], m["test_acc"])
     assert fz.stdout == (f"fastzhang: {SMALL_ID} completed: 2 epochs; final train accuracy {m['final_train_acc']:.2f}%, "
                          f"test {m['final_test_acc']:.2f}%; best test {m['best_test_acc']:.2f}% (epoch "
                          f"{m['best_epoch']}); results in {first.path.relative_to(tmp_path)}\n")
@@ -102,6 +104,7 @@ def test_deleting_the_results_file_recovers_it_from_the_final_checkpoint(tmp_pat
     assert again.payload["metrics"] == before
 
 
+@pytest.mark.e2e
 def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, reference_run):
     reference = reference_run(REFERENCE)
     reference.result()

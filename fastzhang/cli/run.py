@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fastzhang import runlog
-from fastzhang.config import LOADERS, SPEED_SWITCHES, SWITCHES, ExperimentConfig
+from fastzhang.config import ExperimentConfig, choices
 from fastzhang.data.choices import DATASETS, RANDOMIZATIONS
 from fastzhang.errors import ConfigMismatch, UsageError
 from fastzhang.models.registry import MODELS
@@ -69,8 +69,7 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Flags whose values are names, read when the parser is built: the usage shows them; config.py
     checks them (and suggests the closest)."""
-    return {"model": tuple(MODELS), "dataset": DATASETS, "randomization": RANDOMIZATIONS,
-            **dict.fromkeys(SPEED_SWITCHES, SWITCHES), "loader": LOADERS}
+    return choices()
 
 
 EXAMPLES = """examples:

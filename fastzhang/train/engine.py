@@ -19,7 +19,7 @@ from tqdm import tqdm
 from fastzhang.data.batches import epoch_plan, eval_batches, steps_per_epoch
 from fastzhang.data.sources import classes
 from fastzhang.models.build import build_model
-from fastzhang.results import LATER_SERIES, METRIC_SERIES, improved_epoch
+from fastzhang.results import LATER_SERIES, METRIC_SERIES, best_epoch
 from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 
 METRIC_KEYS = METRIC_SERIES + LATER_SERIES  # the results file's series, one row per epoch
@@ -124,11 +124,11 @@ def end_cause(cfg, run: Run) -> str | None:
 
 def early_stop_due(cfg, epochs: list, test_acc: list) -> bool:
     """Early stopping: from epoch early_stop_min_epochs on, stop once the best test accuracy is
-    early_stop_patience epochs old, counted from the epoch that first reached it (results.improved_epoch)."""
+    early_stop_patience epochs old, counted from the epoch that first reached it (results.best_epoch)."""
     if cfg.early_stop_patience is None or not epochs:
         return False
     last = epochs[-1]
-    return last >= cfg.early_stop_min_epochs and last - (improved_epoch(epochs, test_acc) or 0) >= \
+    return last >= cfg.early_stop_min_epochs and last - (best_epoch(epochs, test_acc) or 0) >= \
         cfg.early_stop_patience
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -140,6 +141,18 @@ def _injected_failures() -> frozenset[str]:
     return frozenset(part.strip() for part in os.environ.get(FAIL_ENV, "").split(",") if part.strip())
 
 
+def compile_model(model: torch.nn.Module, **options):
+    """torch.compile(model, **options), once torch's pre-grad passes are imported without their warnings.
+
+    Those passes import torch.utils.mkldnn, whose ScriptModules say at import that
+    torch.jit.script_method is deprecated (14 warnings about torch itself, none about a run).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script_method` is", DeprecationWarning)
+        import torch._inductor.fx_passes.pre_grad  # noqa: F401
+    return torch.compile(model, **options)
+
+
 class _InjectedFailure(RuntimeError):
     pass
 
@@ -165,7 +178,7 @@ class TrainStep:
         self._fail = _injected_failures()
         # dynamic=False: one static compilation per batch shape (full and last), like the graphs.
         # The default mode: "reduce-overhead" would nest inductor's CUDA graphs in ours.
-        self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if speed.compile else model
+        self.forward = compile_model(model, mode=compile_mode, dynamic=False) if speed.compile else model
         if speed.compile and "compile" in self._fail:
             self.forward = _failing("compile")
         self.graphs = graphs if graphs is not None else (CudaGraphs() if speed.cuda_graphs else None)

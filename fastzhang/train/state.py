@@ -11,6 +11,7 @@ through this module. docs/architecture.md shows SCHEMA as a table.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def to_payload(run: Run, cfg: ExperimentConfig, data_fingerprint: str) -> dict:
 
 
 def is_best(run: Run, mid_epoch: bool) -> bool:
-    """Whether the payload of `run` now is also the best checkpoint (ties go to the later epoch)."""
+    """Whether the payload of `run` now is also the best checkpoint: the epoch that first reached the
+    best test accuracy, an equal one later is no improvement (results.best_epoch)."""
     test_acc = run.metrics["test_acc"]
-    return not mid_epoch and bool(test_acc) and test_acc[-1] >= run.best_test_acc
+    return not mid_epoch and bool(test_acc) and test_acc[-1] > max(test_acc[:-1], default=-math.inf)
 
 
 # ------------------------------------------------------------------------------------------
