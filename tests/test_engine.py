@@ -7,6 +7,7 @@ in test_faults_kill.py, SIGTERM/SIGINT through a real process in test_faults_sig
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
