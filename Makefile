@@ -80,14 +80,14 @@ BENCH_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 BENCH_SELECT ?=
 # Every run is kept, with its commit and machine, in pytest-benchmark's storage (bench/history.py).
 BENCH_HISTORY := bench/history
-# The benchmarks marked cuda (bench/test_bench_cuda.py) are the GPU check's: make gpu-check, make bench-gpu.
+# The benchmarks marked cuda are also the GPU check's (make gpu-check); bench/conftest.py prints images/s
+# and the ratios after pytest-benchmark's table of times, and writes them to bench/out/cpu.md.
 
 bench: setup-full
 	mkdir -p bench/out
-	FASTZHANG_BENCH_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m pytest bench -q -m "not cuda" \
+	FASTZHANG_BENCH_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m pytest bench -q \
 		--benchmark-json=bench/out/cpu.json -p no:cacheprovider \
 		--benchmark-storage=file://$(BENCH_HISTORY) --benchmark-autosave $(if $(BENCH_SELECT),-k "$(BENCH_SELECT)")
-	$(VENV)/bin/python bench/table.py bench/out/cpu.json | tee bench/out/cpu.md
 
 # The latest run against the earlier ones: exit 1 on a drop beyond the noise (bench/history.py).
 bench-compare: setup-full

@@ -1,20 +1,11 @@
-"""Shared pieces of the benchmarks: the data, the device, threads, and images/s bookkeeping.
+"""Shared pieces of the benchmarks: threads, the device, images/s and ratios, the run's table.
 
-Every benchmark reports `images_per_s` in its extra_info and, when it is not the
-baseline itself, `ratio_vs_naive`: its images/s over its baseline's (the naive
-per-sample DataLoader, or fp32 eager for a training mode), measured in the same
-session on the same data. The machine's load and torch's thread count are
-recorded too: on a shared 2-core machine they move CPU numbers by several times.
-`make bench` also saves the run into bench/history/ (pytest-benchmark's storage);
-pytest_benchmark_update_machine_info adds the machine kind that bench/history.py
-compares absolute numbers by.
-
-Threads: FASTZHANG_BENCH_THREADS (default: every core) is set once for the
-session, so every case in one run shares one setting. Compiler caches start
-empty in every session (see pytest_configure).
+A benchmark of images records `images_per_s` and `ratio_vs_naive`, against a baseline measured in the
+same session (selected without it, -k, a case times it first); every benchmark records the device,
+torch's threads and the load (on a shared machine they move CPU numbers by several times), and
+machine_info the machine kind bench/history.py compares by. After pytest-benchmark's table of times,
+one row per benchmark (images/s, ratio, notes), also written beside --benchmark-json as .md.
 """
-
-from __future__ import annotations
 
 import importlib.util
 import os
@@ -25,19 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from clock import environment, sync
 from history import machine
+from workloads import sync, timed
 
-# tests/conftest.py as a module: its `device` fixture (the `cuda` marker's device) and its `fastzhang`
-# process helpers serve the benchmarks too. Loaded by path: both files are named conftest.
+# tests/conftest.py as a module, for its `device` fixture (the `cuda` marker's device). Loaded by path:
+# both files are named conftest.
 _spec = importlib.util.spec_from_file_location("tests_conftest", Path(__file__).parents[1] / "tests" / "conftest.py")
 tests_conftest = sys.modules.setdefault("tests_conftest", importlib.util.module_from_spec(_spec))
 if not hasattr(tests_conftest, "device"):
     _spec.loader.exec_module(tests_conftest)
 device = tests_conftest.device
 
-N_IMAGES = 10_000  # one round = one epoch over the synthetic set's training images
-ROUNDS = 3
+HIDDEN = {"images_per_s", "ratio_vs_naive", "speedup_vs_sequential", "name", "baseline", "device", "torch_threads",
+          "loadavg_1m"}  # extra_info the table shows in its own columns, or not at all: the rest are its notes
 
 
 def pytest_configure(config):
@@ -57,44 +48,56 @@ def pytest_benchmark_update_machine_info(config, machine_info):
                                  "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
-@pytest.fixture(scope="session")
-def bench_device(device) -> torch.device:
-    return device
-
-
-@pytest.fixture(scope="session")
-def cifar_like():
-    """CifarArrays: the synthetic CIFAR-shaped set, N_IMAGES training images (uint8 numpy)."""
-    from fastzhang.data.synthetic import make_synthetic
-
-    return make_synthetic(N_IMAGES, 256)
+@pytest.fixture(autouse=True)
+def _environment(request, device):
+    """What moves a number besides the code, recorded beside every benchmark as it finishes."""
+    yield
+    benchmark = request.node.funcargs.get("benchmark")
+    if benchmark is not None:
+        benchmark.extra_info.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                                    torch_threads=torch.get_num_threads(), loadavg_1m=round(os.getloadavg()[0], 2))
 
 
 @pytest.fixture(scope="session")
 def rates() -> dict[str, float]:
-    """images/s (or seconds, for timings) of each benchmark run so far in this session, by name."""
+    """images/s of each case measured so far in this session, by name."""
     return {}
 
 
 @pytest.fixture(scope="session")
-def measure(bench_device, rates):
-    """measure(benchmark, fn, name=, images=, baseline=, rounds=, warmup=) -> images/s; a round = one call of fn."""
+def measure(device, rates):
+    """measure(benchmark, fn, name=, images=, baseline=, alone=, rounds=, warmup=) -> images/s; a round = one
+    call of fn. baseline: the name of the case the ratio is against; alone(): that case's round function
+    (the same images), timed here, best of two, when it has not run in this session."""
 
-    def run(benchmark, fn, *, name: str, images: int, baseline: float | None, rounds: int = ROUNDS,
-            warmup: int = 1) -> float:
-        def round_():
-            fn()
-            sync(bench_device)
-
-        benchmark.pedantic(round_, rounds=rounds, iterations=1, warmup_rounds=warmup)
-        rate = images / benchmark.stats.stats.median
-        benchmark.extra_info.update(images_per_s=round(rate, 1), name=name, **environment(bench_device))
-        if baseline is not None:
-            benchmark.extra_info["ratio_vs_naive"] = round(rate / baseline, 2)
-            # The baseline's name, by which bench/history.py finds its rounds' noise. A baseline timed
-            # apart (a case run alone with -k) has no benchmark of that name in the run, or no name.
-            benchmark.extra_info["baseline"] = next((k for k, v in rates.items() if v == baseline), None)
-        rates[name] = rate
+    def run(benchmark, fn, *, name: str, images: int, baseline: str | None = None, alone=None,
+            rounds: int = 3, warmup: int = 1) -> float:
+        if baseline is not None and baseline not in rates and alone is not None:
+            base = alone()
+            base()
+            rates[baseline] = images / min(timed(base, device) for _ in range(2))
+        benchmark.pedantic(lambda: (fn(), sync(device)), rounds=rounds, iterations=1, warmup_rounds=warmup)
+        rate = rates[name] = images / benchmark.stats.stats.median
+        benchmark.extra_info.update(images_per_s=round(rate, 1), name=name)
+        if baseline in rates:  # `baseline` names it for bench/history.py, which finds its rounds' noise
+            benchmark.extra_info.update(ratio_vs_naive=round(rate / rates[baseline], 2), baseline=baseline)
         return rate
 
     return run
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's table
+def pytest_terminal_summary(terminalreporter, config):
+    benchmarks = getattr(getattr(config, "_benchmarksession", None), "benchmarks", [])
+    rows = ["| benchmark | images/s | vs baseline | notes | load (1 min) |", "| --- | --- | --- | --- | --- |"]
+    for b in benchmarks:
+        info = b.extra_info
+        rate, ratio = info.get("images_per_s"), info.get("ratio_vs_naive", info.get("speedup_vs_sequential"))
+        notes = "; ".join(f"{k} {v}" for k, v in info.items() if k not in HIDDEN and v is not None)
+        rows.append(f"| {b.name} | {f'{rate:,.0f}' if rate else ''} | {f'{ratio:.2f}x' if ratio else ''} | "
+                    f"{notes} | {info.get('loadavg_1m', '')} |")
+    if benchmarks:
+        terminalreporter.write_line("\n".join(rows))
+        path = config.getoption("benchmark_json", None)
+        if path:  # a Path in pytest-benchmark 5, an open file in 4
+            Path(path.name if hasattr(path, "write") else path).with_suffix(".md").write_text("\n".join(rows) + "\n")

@@ -3,29 +3,20 @@
     python bench/gpu_check.py check            the tests and benchmarks marked `cuda`, then one summary
     python bench/gpu_check.py bench            the whole benchmark suite on the GPU (make bench-gpu)
     python bench/gpu_check.py wheels [FOLDER]  fill the wheel folder (needs package access)
-    python bench/gpu_check.py summary OUT      rewrite OUT/summary.md from OUT's JUnit XML and benchmark JSON
 
-The checks themselves are ordinary tests (tests/, marker `cuda`, device from the `device`
-fixture in tests/conftest.py) and pytest-benchmark cases (bench/test_bench_cuda.py); time
-limits are pytest-timeout's, outcomes pytest's own reports. What is left here is specific
-to a machine that has a CUDA torch, Triton, numpy, PyYAML and pytest but no network:
-fastzhang and what that Python lacks (orjson, tqdm, pytest-timeout, pytest-benchmark,
-py-cpuinfo) are installed with `pip --no-index --target` from the wheel folder (bench/wheels/,
-git-ignored, carried along with the checkout) into OUT/pydeps/, and pytest runs from OUT,
-so the installed product (kernels/ as fastzhang.kernels), not the checkout, is imported.
-
-Environment: FASTZHANG_GPU_DRY_RUN=1 (all of it on the CPU at tiny sizes), GPU_CHECK_OUT
-(default bench/out/gpu-check; bench/out/gpu-bench for `bench`), GPU_CHECK_DATA (a CIFAR-10
-folder: adds Table 1 rows), GPU_CHECK_TABLE1_S (their time, default 480), GPU_CHECK_WHEELS.
-Exit status: 0 all passed, 1 something failed, 2 nothing was run (a bad setting, no CUDA,
-the install failed). Standard library only: it runs before anything of ours can be imported.
+The checks are ordinary tests and benchmarks marked `cuda` (tests/, bench/; their device is the `device`
+fixture of tests/conftest.py), limited by pytest-timeout, reported by pytest. Left here is what a machine
+with a CUDA torch, Triton, numpy, PyYAML and pytest but no network needs: fastzhang and what that Python
+lacks installed by `pip --no-index --target` from the wheel folder (bench/wheels/) into OUT/pydeps/,
+pytest run from OUT (the installed product is imported, not the checkout), and summary.md.
+Environment: FASTZHANG_GPU_DRY_RUN=1 (all of it on the CPU, tiny sizes), GPU_CHECK_OUT (default
+bench/out/gpu-check or gpu-bench), GPU_CHECK_DATA (CIFAR-10: adds Table 1 rows), GPU_CHECK_TABLE1_S
+(their time, default 480), GPU_CHECK_WHEELS. Exit status: 0 all passed, 1 something failed, 2 nothing
+was run. Standard library only (and the machine's torch, asked about CUDA): nothing of ours is installed yet.
 """
-
-from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -44,13 +35,8 @@ PLATFORMS = (("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x
 RUNTIME = ("orjson", "tqdm")  # pinned as pyproject.toml pins them; orjson is compiled: a wheel per platform
 # No pytest-benchmark serves every pytest 8: 5.1 and later need pytest >= 8.1; 5.2.3 takes py-cpuinfo.
 TESTING = ("pytest-timeout==2.4.0", "pytest-benchmark==5.2.3", "py-cpuinfo==9.0.0")
-IMPORT_NAMES = {"orjson": "orjson", "tqdm": "tqdm", "pytest-timeout": "pytest_timeout",
-                "pytest-benchmark": "pytest_benchmark", "py-cpuinfo": "cpuinfo"}
 NOT_BUILT = {".git", ".venv", "venv", "bench", "tests", "docs", "checkpoints", "results", "data", "build", "dist",
              "wandb", ".pytest_cache", ".benchmarks"}
-
-
-NOT_SHOWN = {"images_per_s", "name", "baseline", "device", "torch_threads", "loadavg_1m", "switches"}  # in the JSON
 
 
 class Refused(Exception):
@@ -74,18 +60,13 @@ def settings(kind: str) -> dict:
 
 
 def cuda_problem() -> str | None:
-    probe = "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tempfile.gettempdir())
-    if proc.returncode != 0:
-        return f"this Python cannot import torch: {(proc.stderr.strip().splitlines() or [''])[-1]}"
-    version, cuda, available = proc.stdout.split()
-    if available != "True":
-        return f"no CUDA device is visible to PyTorch (torch {version}, built for CUDA {cuda})"
+    try:
+        import torch
+    except ImportError as e:
+        return f"this Python cannot import torch: {e}"
+    if not torch.cuda.is_available():
+        return f"no CUDA device is visible to PyTorch (torch {torch.__version__}, built for CUDA {torch.version.cuda})"
     return None
-
-
-# ------------------------------------------------------------------------------------------
-# The offline install
 
 
 def dist_name(requirement: str) -> str:
@@ -99,7 +80,7 @@ def install(root: Path, wheels: Path) -> tuple[Path, list[str]]:
     wheel folder, or, without one, from this Python. Reused while sources, wheels and Python are unchanged.
     """
     need = [name for name in (*RUNTIME, *map(dist_name, TESTING))
-            if importlib.util.find_spec(IMPORT_NAMES[name]) is None]
+            if importlib.util.find_spec({"py-cpuinfo": "cpuinfo"}.get(name, name.replace("-", "_"))) is None]
     has_wheels = wheels.is_dir() and any(wheels.glob("*.whl"))
     if need and not has_wheels:
         raise Refused(f"this Python lacks {', '.join(need)} and {wheels} holds no wheels "
@@ -162,10 +143,6 @@ def wheels_main(folder: Path) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------
-# Running pytest, and the summary from its reports
-
-
 def pytest_run(out: Path, env: dict, name: str, args: list[str]) -> int:
     """pytest from OUT (the checkout is not on sys.path), its output in OUT/<name>.log and on the terminal.
     Compiler caches of its own, empty at the start: the benchmarks' first steps are cold, not the tests' leftovers."""
@@ -184,32 +161,15 @@ def pytest_run(out: Path, env: dict, name: str, args: list[str]) -> int:
 
 def junit_rows(path: Path) -> list[dict]:
     """One row per test case of a JUnit XML file: name, outcome, seconds, message, recorded properties."""
-    if not path.is_file():
-        return []
     rows = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            found = case.find(tag)
-            if found is not None:
-                outcome, message = {"failure": "FAILED", "error": "ERROR", "skipped": "skipped"}[tag], \
-                    (found.get("message") or "").splitlines()[0][:200] if found.get("message") else ""
-                break
-        props = {p.get("name"): p.get("value") for p in case.iter("property")}
-        module = case.get("classname", "").rsplit(".", 1)[-1]
-        rows.append({"name": f"{module}::{case.get('name')}", "outcome": outcome,
-                     "seconds": float(case.get("time") or 0), "message": message, "properties": props})
-    return rows
-
-
-def benchmark_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for b in json.loads(path.read_text()).get("benchmarks", []):
-        info = b.get("extra_info", {})
-        rows.append({"name": b["name"], "median_s": b["stats"]["median"], "images_per_s": info.get("images_per_s"),
-                     "info": {k: v for k, v in info.items() if k not in NOT_SHOWN}})
+    for case in ET.parse(path).getroot().iter("testcase") if path.is_file() else ():
+        found = next(((tag, e) for tag in ("failure", "error", "skipped") if (e := case.find(tag)) is not None), None)
+        rows.append({"name": f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}",
+                     "outcome": {"failure": "FAILED", "error": "ERROR", "skipped": "skipped"}.get(found and found[0],
+                                                                                              "passed"),
+                     "message": ((found[1].get("message") or "").splitlines() or [""])[0][:200] if found else "",
+                     "seconds": float(case.get("time") or 0),
+                     "properties": {p.get("name"): p.get("value") for p in case.iter("property")}})
     return rows
 
 
@@ -228,14 +188,12 @@ def summary(out: Path, dry: bool) -> tuple[str, bool]:
              f"{count(bench, 'FAILED', 'ERROR')} failed; {sum(r['seconds'] for r in cases):.0f} s in all.", ""]
     if bad:
         lines += ["## Failed", "", *(f"- `{r['name']}` ({r['outcome']}): {cell(r['message'])}" for r in bad), ""]
-    facts = [(r["name"], k, v) for r in tests for k, v in r["properties"].items()]
+    speed = out / "benchmarks.md"  # bench/conftest.py's table of benchmarks.json
     lines += ["## Facts (recorded by the tests)", "", "| test | fact | value |", "| --- | --- | --- |",
-              *(f"| {cell(n.split('::')[-1])} | {cell(k)} | {cell(v)} |" for n, k, v in facts), ""]
-    speed = benchmark_rows(out / "benchmarks.json")
-    lines += ["## Speed (pytest-benchmark)", "", "| case | images/s | median s | details |", "|---|---|---|---|",
-              *(f"| {cell(b['name'])} | {b['images_per_s'] or ''} | {b['median_s']:.4f} | "
-                f"{cell(json.dumps(b['info'], separators=(',', ':')))} |" for b in speed),
-              "", "## Every case", "", "| case | outcome | s |", "| --- | --- | --- |",
+              *(f"| {cell(r['name'].split('::')[-1])} | {cell(k)} | {cell(v)} |" for r in tests
+                for k, v in r["properties"].items()),
+              "", "## Speed (pytest-benchmark)", "", speed.read_text() if speed.is_file() else "(no benchmark ran)",
+              "## Every case", "", "| case | outcome | s |", "| --- | --- | --- |",
               *(f"| {cell(r['name'])} | {r['outcome']} | {r['seconds']:.1f} |" for r in cases)]
     return "\n".join(lines) + "\n", ok
 
@@ -258,17 +216,12 @@ def check(kind: str) -> int:
         env.setdefault("FASTZHANG_BENCH_THREADS", "1")
     if kind == "bench":
         keep = [] if conf["dry"] else [f"--benchmark-storage=file://{REPO / 'bench' / 'history'}",
-                                       "--benchmark-autosave"]
-        rc = pytest_run(out, env, "bench", [str(REPO / "bench"), f"--benchmark-json={out / 'gpu.json'}", *keep,
-                                            *(["-m", "cuda"] if conf["dry"] else [])])
-        table = subprocess.run([sys.executable, str(REPO / "bench" / "table.py"), str(out / "gpu.json")],
-                               capture_output=True, text=True, env=env, cwd=out)
-        (out / "gpu.md").write_text(table.stdout)
-        print(table.stdout + table.stderr, end="")
-        return 0 if rc == 0 and table.returncode == 0 else 1
+                                       "--benchmark-autosave"]  # gpu.md beside gpu.json: bench/conftest.py
+        return 0 if pytest_run(out, env, "bench", [str(REPO / "bench"), f"--benchmark-json={out / 'gpu.json'}", *keep,
+                                                   *(["-m", "cuda"] if conf["dry"] else [])]) == 0 else 1
     pytest_run(out, env, "tests", ["-m", "cuda", str(REPO / "tests"), f"--junitxml={out / 'tests.xml'}"])
-    pytest_run(out, env, "bench", ["-m", "cuda", str(REPO / "bench" / "test_bench_cuda.py"),
-                                   f"--junitxml={out / 'bench.xml'}", f"--benchmark-json={out / 'benchmarks.json'}"])
+    pytest_run(out, env, "bench", ["-m", "cuda", str(REPO / "bench"), f"--junitxml={out / 'bench.xml'}",
+                                   f"--benchmark-json={out / 'benchmarks.json'}"])
     text, ok = summary(out, conf["dry"])
     (out / "summary.md").write_text(text)
     print(text + f"gpu-check: {'PASS' if ok else 'FAIL'}; summary in {out / 'summary.md'}")
@@ -282,15 +235,10 @@ def main(argv: list[str]) -> int:
             return check(command)
         if command == "wheels":
             return wheels_main(Path(argv[1] if len(argv) > 1 else REPO / "bench" / "wheels").resolve())
-        if command == "summary" and len(argv) == 2:
-            text, ok = summary(Path(argv[1]), os.environ.get(DRY_ENV) == "1")
-            (Path(argv[1]) / "summary.md").write_text(text)
-            print(text, end="")
-            return 0 if ok else 1
     except Refused as e:
         print(f"gpu-check: {e}", file=sys.stderr)
         return 2
-    print("usage: gpu_check.py check | bench | wheels [FOLDER] | summary OUT", file=sys.stderr)
+    print("usage: gpu_check.py check | bench | wheels [FOLDER]", file=sys.stderr)
     return 2
 
 

@@ -1,99 +1,102 @@
-"""Training-step throughput per model per fast-path mode, and the cost of the first step.
+"""Training-step throughput per model per speed mode (MODES), and the first step's cost.
 
-A round = STEPS[model] optimizer steps of train.fastpath.TrainStep (the
-engine's step: forward, loss, backward, SGD, device-side loss/accuracy sums)
-with the engine's optimizer (engine.build_run) on fixed whitened batches of
-the synthetic set in the mode's dtype and layout. images/s is over the median
-round; `ratio_vs_naive` is against the same model's fp32 eager case in the same
-session; `first_step_s` is the first call's time (compilation, CUDA-graph
-warm-up and capture), i.e. the time-to-first-step a run pays once.
-
-Modes (Speed switches): eager (fp32), amp (bf16 autocast), cl (channels_last),
-amp_cl, compile (torch.compile, default mode), compile_max (mode
-"max-autotune-no-cudagraphs"), amp_cl_compile, graphs (CUDA graphs, amp+cl),
-full (amp + cl + compile + graphs: what `auto` gives on CUDA). channels_last
-applies to the convolutional models only, as `auto` does. On the CPU,
-compiling the Inceptions takes minutes, so they are not compiled there
-(MODES_CPU); the GPU suite compiles every model once, in `full`. Compiler
-caches start empty (conftest.py), so `first_step_s` of a compiled mode is a
-cold compile (the first one in a process also pays inductor's start-up).
+A round = `steps` of the engine's TrainStep (bench/workloads.py); channels_last for convolutional
+models only, as `auto`. Ratios: against the model's fp32 eager case; alexnet's eager case against
+`torch_lrn` (nn.LocalResponseNorm for models/lrn.py's fast LRN: the same function). `first_step_s`
+is cold (compiler caches start empty); `full-warm` builds `full` again, inductor's cache filled. A
+fallback (a switch turned off) fails the case: it would time the wrong path. Marked `cuda`: the GPU
+check's cases (its CPU dry run: mlp1, not compiled), with `host_lead` on CUDA.
 """
 
-from __future__ import annotations
-
 import dataclasses
+import time
 
 import pytest
 import torch
 
-from clock import timed
 from fastzhang.data.batches import ResidentData
 from fastzhang.models.registry import MODELS
 from fastzhang.train.fastpath import Speed
-from workloads import Steps, train_steps
+from workloads import DRY, GPU, Steps, sync, train_steps
 
-CUDA = torch.cuda.is_available()
-MODES = {
-    "eager": dict(amp=False, compile=False, cuda_graphs=False, channels_last=False),
-    "amp": dict(amp=True, compile=False, cuda_graphs=False, channels_last=False),
-    "cl": dict(amp=False, compile=False, cuda_graphs=False, channels_last=True),
-    "amp_cl": dict(amp=True, compile=False, cuda_graphs=False, channels_last=True),
-    "compile": dict(amp=False, compile=True, cuda_graphs=False, channels_last=False),
-    "compile_max": dict(amp=False, compile=True, cuda_graphs=False, channels_last=False),
-    "amp_cl_compile": dict(amp=True, compile=True, cuda_graphs=False, channels_last=True),
-    "graphs": dict(amp=True, compile=False, cuda_graphs=True, channels_last=True),
-    "full": dict(amp=True, compile=True, cuda_graphs=True, channels_last=True),
-}
+MODES = {"torch_lrn": "", "eager": "", "amp": "amp", "cl": "channels_last", "amp_cl": "amp channels_last",
+         "compile": "compile", "compile_max": "compile", "amp_cl_compile": "amp channels_last compile",
+         "cuda_graphs": "cuda_graphs", "graphs": "amp channels_last cuda_graphs",
+         "full": "amp channels_last compile cuda_graphs", "full-warm": "amp channels_last compile cuda_graphs"}
 COMPILE_MODE = {"compile_max": "max-autotune-no-cudagraphs"}
-MODES_CPU = {
+CPU_MODES = {
     "mlp1": ("eager", "amp", "compile", "compile_max"),
     "mlp3": ("eager", "amp", "compile"),
-    "alexnet": ("eager", "amp", "cl", "amp_cl", "compile"),
+    "alexnet": ("torch_lrn", "eager", "amp", "cl", "amp_cl", "compile"),
     "inception": ("eager", "amp", "cl", "amp_cl"),
     "inception_no_bn": ("eager", "amp"),
 }
-MODES_CUDA = {
-    name: ("eager", "amp", *(("amp_cl",) if MODELS[name].convolutional else ()), "graphs", "full")
-    for name in ("mlp1", "mlp3", "alexnet", "inception", "inception_no_bn")
+CUDA_MODES = {
+    "mlp1": ("eager", "amp", "compile", "cuda_graphs", "graphs", "full", "full-warm"),
+    "mlp3": ("eager", "amp", "graphs", "full"),
+    "alexnet": ("torch_lrn", "eager", "amp", "amp_cl", "graphs", "full"),
+    "inception": ("eager", "amp", "cl", "amp_cl", "cuda_graphs", "graphs", "full", "full-warm"),
+    "inception_no_bn": ("eager", "amp", "amp_cl", "graphs"),  # its `full` compiles as long as inception's
 }
-MODES_CUDA["inception_no_bn"] = MODES_CUDA["inception_no_bn"][:-1]  # its compile ~ inception's: budget
+# The GPU check's: alexnet's compiles and inception's compile alone (15-90 s each, cold; bench/NOTES.md §10)
+# would not fit its 6 minutes.
+CHECK = {"mlp1": ("eager", "amp", "cuda_graphs", "compile", "full", "full-warm"),
+         "inception": ("eager", "amp", "cl", "cuda_graphs", "full", "full-warm")}
 # (batch, steps per round): a CPU round of inception costs ~1-3 s, of mlp1 ~0.1 s.
-SIZES_CPU = {"mlp1": (128, 8), "mlp3": (128, 8), "alexnet": (128, 2), "inception": (32, 1), "inception_no_bn": (32, 1)}
-SIZES_CUDA = {name: (128, 20) for name in MODES_CUDA}
-CASES = [(m, mode) for m, modes in (MODES_CUDA if CUDA else MODES_CPU).items() for mode in modes]
+SIZES = {"mlp1": (128, 8), "mlp3": (128, 8), "alexnet": (128, 2), "inception": (32, 1), "inception_no_bn": (32, 1)}
+CASES = [pytest.param(model, mode, id=f"{model}-{mode}", marks=[pytest.mark.cuda] * (mode in CHECK.get(model, ())))
+         for model, modes in (CUDA_MODES if GPU else CPU_MODES).items() for mode in modes]
+COLD_FIRST_STEP: dict[str, float] = {}  # model -> the `full` case's first step, for its warm twin
 
 
 @pytest.fixture(scope="module")
-def resident(bench_device):
+def resident(device):
     from fastzhang.data.synthetic import make_synthetic
 
     return ResidentData.build(make_synthetic(512, 16), randomization="none", corrupt_prob=0.0, seed=0,
-                              train_subset=None, device=bench_device)
+                              train_subset=None, device=device)
 
 
-def make_steps(model_name: str, mode: str, resident, device: torch.device) -> Steps:
-    speed = Speed(**MODES[mode])
-    if not MODELS[model_name].convolutional:  # as resolve_speed's auto: an MLP only pays a copy for it
-        speed = dataclasses.replace(speed, channels_last=False)
-    batch, steps = (SIZES_CUDA if CUDA else SIZES_CPU)[model_name]
-    return train_steps(model_name, speed, resident, device, batch=batch, steps=steps,
-                       compile_mode=COMPILE_MODE.get(mode))
+def make_steps(model: str, mode: str, resident, device: torch.device) -> Steps:
+    on = MODES[mode].split()
+    if not MODELS[model].convolutional:  # as resolve_speed's auto: an MLP only pays a copy for it
+        on = [switch for switch in on if switch != "channels_last"]
+    speed = Speed(**{switch: switch in on for switch in ("amp", "compile", "cuda_graphs", "channels_last")})
+    batch, steps = (128, 50) if device.type == "cuda" else SIZES[model]
+    return train_steps(model, speed, resident, device, batch=batch, steps=steps, compile_mode=COMPILE_MODE.get(mode),
+                       torch_lrn=mode == "torch_lrn")
 
 
-@pytest.mark.parametrize("model_name,mode", CASES, ids=[f"{m}-{mode}" for m, mode in CASES])
-def test_train_step(benchmark, measure, rates, resident, bench_device, model_name, mode):
+def _host_lead(steps: Steps, device) -> dict:
+    """How many steps the device still had queued when the host had issued a round's last one."""
+    sync(device)
+    start = time.perf_counter()
+    steps.round()
+    host = time.perf_counter() - start
+    sync(device)
+    total = time.perf_counter() - start
+    return {"host_s": round(host, 5), "device_s": round(total, 5),
+            "steps_ahead": round((total - host) / (total / (steps.images // steps.batch)), 2)}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("model,mode", CASES)
+def test_train_step(benchmark, measure, resident, device, model, mode):
+    if DRY and (model != "mlp1" or "compile" in MODES[mode]):
+        pytest.skip("the dry run: mlp1 only, nothing compiled")
     torch.manual_seed(0)
-    steps = make_steps(model_name, mode, resident, bench_device)
-    baseline = None
-    if mode != "eager":
-        baseline = rates.get(f"train-{model_name}-eager")
-        if baseline is None:  # run alone (-k): time the baseline here
-            eager = make_steps(model_name, "eager", resident, bench_device)
-            baseline = eager.images / min(timed(eager.round, bench_device) for _ in range(2))
-    rate = measure(benchmark, steps.round, name=f"train-{model_name}-{mode}", images=steps.images,
-                   baseline=baseline, rounds=3, warmup=1)
-    compiled = MODES[mode]["compile"]
-    benchmark.extra_info.update(model=model_name, mode=mode, batch=steps.batch,
-                                first_step_s=round(steps.first_step_s, 3),
-                                compile_mode=COMPILE_MODE.get(mode, "default") if compiled else None)
-    print(f"\n{model_name} {mode}: {rate:,.0f} images/s, first step {steps.first_step_s:.2f} s")
+    steps = make_steps(model, mode, resident, device)
+    assert steps.fallbacks == [], steps.fallbacks
+    base = {"eager": "torch_lrn" if model == "alexnet" else None, "torch_lrn": None}.get(mode, "eager")
+    measure(benchmark, steps.round, name=f"train-{model}-{mode}", images=steps.images,
+            baseline=base and f"train-{model}-{base}", alone=lambda: make_steps(model, base, resident, device).round,
+            rounds=5 if device.type == "cuda" else 3)
+    benchmark.extra_info.update(model=model, mode=mode, batch=steps.batch, first_step_s=round(steps.first_step_s, 3),
+                                compile_mode=COMPILE_MODE.get(mode, "default") if steps.step.speed.compile else None,
+                                switches=dataclasses.asdict(steps.step.speed))
+    if mode == "full":
+        COLD_FIRST_STEP[model] = round(steps.first_step_s, 3)
+    if mode == "full-warm" and model in COLD_FIRST_STEP:
+        benchmark.extra_info["cold_first_step_s"] = COLD_FIRST_STEP[model]
+    if device.type == "cuda" and mode in ("eager", "full"):
+        benchmark.extra_info["host_lead"] = _host_lead(steps, device)

@@ -1,29 +1,98 @@
-"""What the benchmarks and the GPU check (bench/test_bench_cuda.py) time: training steps and whole epochs.
+"""What the benchmarks time, and their clock: train/engine.clock, which waits for the device.
 
-- train_steps: rounds of train.fastpath.TrainStep (the engine's step: forward, loss,
-  backward, SGD, device-side sums) with the engine's optimizer (engine.build_run) on
-  two fixed whitened batches, in the speed switches' dtype and layout; the first call
-  (compile, CUDA-graph warm-up and capture) is timed apart.
-- fastzhang_epoch: what `fastzhang run` does for one epoch (engine._train_epoch with
-  the loader `auto` picks, then engine._finish_epoch: evaluation and metrics), nothing
-  saved; the run's `epoch_seconds` is the training part, read by the engine's clock.
+- naive_*: the baseline of the data and epoch ratios, as a typical reproduction writes it: a DataLoader
+  over a Dataset that crops, scales and whitens one sample at a time (data.preprocess's operations),
+  an fp32 eager model, a `.item()` after every step to log the loss.
+- train_steps: rounds of the engine's step (TrainStep, engine.build_run's optimizer) on two fixed
+  batches; the first call (compile, CUDA-graph capture) is timed apart.
+- fastzhang_epoch: one epoch as `fastzhang run` trains and evaluates it, nothing saved.
 """
 
-from __future__ import annotations
-
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
-from clock import timed
 from fastzhang.config import ExperimentConfig
 from fastzhang.data.batches import ResidentData, epoch_plan, train_batch
+from fastzhang.data.preprocess import CENTER, CROP, MAX_OFFSET, MIN_STD
+from fastzhang.models.build import build_model
+from fastzhang.models.lrn import torch_equivalent
 from fastzhang.train import engine
 from fastzhang.train.fastpath import Speed, TrainStep, resolve_speed
 from fastzhang.train.loaders import make_loader
 
+DRY = os.environ.get("FASTZHANG_GPU_DRY_RUN") == "1"  # `make gpu-check`'s dry run: on the CPU, tiny sizes
+GPU = torch.cuda.is_available() and not DRY  # the `device` fixture's rule (tests/conftest.py), at collection
 EPOCH_BATCH = 128
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on `device` (the epoch clock read and thrown away)."""
+    engine.clock(device)(0.0)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of one call of fn, the device's queue drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    return engine.clock(device)(start)
+
+
+class PerSampleCifar(Dataset):
+    """Random (or center) crop, ToTensor-like scaling, per-image whitening, one sample at a time."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, random_crop: bool = True):
+        self.images, self.labels, self.seed, self.random_crop = images, labels, seed, random_crop
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if self.random_crop:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            dy, dx = torch.randint(0, MAX_OFFSET + 1, (2,), generator=g).tolist()
+        else:
+            dy = dx = CENTER
+        x = torch.from_numpy(self.images[i, :, dy : dy + CROP, dx : dx + CROP]).float().div(255.0)
+        x = (x - x.mean()) / x.std(correction=0).clamp_min(MIN_STD)
+        return x, int(self.labels[i])
+
+
+def naive_loader(images, labels, device: torch.device, *, batch: int, workers: int = 0, train: bool = True,
+                 seed: int = 0) -> DataLoader:
+    return DataLoader(PerSampleCifar(images, labels, seed, random_crop=train), batch_size=batch, shuffle=train,
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+
+def naive_epoch(model_name: str, arrays, device: torch.device, workers: int) -> Callable[[], float]:
+    """One epoch as a typical reproduction writes it: fp32 eager, `.item()` every step, then a test pass."""
+    model = build_model(model_name, seed=0).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    train = naive_loader(arrays.train_images, arrays.train_labels, device, batch=EPOCH_BATCH, workers=workers)
+    test = naive_loader(arrays.test_images, arrays.test_labels, device, batch=1000, workers=workers, train=False)
+
+    def epoch() -> float:
+        model.train()
+        for x, y in train:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the per-step host sync of a logging loop
+        model.eval()
+        with torch.no_grad():
+            correct = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in test)
+        return correct / len(arrays.test_labels)
+
+    return epoch
 
 
 @dataclass
@@ -37,10 +106,12 @@ class Steps:
 
 
 def train_steps(model_name: str, speed: Speed, resident: ResidentData, device: torch.device, *, batch: int,
-                steps: int, compile_mode: str | None = None) -> Steps:
+                steps: int, compile_mode: str | None = None, torch_lrn: bool = False) -> Steps:
     cfg = ExperimentConfig.from_mapping({"model": model_name, "dataset": "synthetic", "batch_size": batch,
                                          "device": device.type})
     run = engine.build_run(cfg, device, speed)
+    if torch_lrn:  # alexnet with nn.LocalResponseNorm in place of models/lrn.py's fast LRN: the same function
+        run.model.norm1, run.model.norm2 = torch_equivalent(), torch_equivalent()
     if speed.compile:
         torch.compiler.reset()  # dynamo would reuse an earlier case's code for this model class
     fallbacks: list[str] = []
