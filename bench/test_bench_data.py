@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastzhang.data.batches import ResidentData, epoch_plan, steps_per_epoch
+from fastzhang.data.synthetic import make_synthetic
 from fastzhang.errors import UsageError
 from fastzhang.train.loaders import make_loader
 from workloads import naive_loader
@@ -21,8 +22,6 @@ N_IMAGES = 10_000  # one round = one epoch over the synthetic set's training ima
 @pytest.fixture(scope="module")
 def cifar_like():
     """CifarArrays: the synthetic CIFAR-shaped set (uint8 numpy)."""
-    from fastzhang.data.synthetic import make_synthetic
-
     return make_synthetic(N_IMAGES, 256)
 
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from fastzhang import checkpoint
+from fastzhang.data.sources import load_dataset
+from fastzhang.data.synthetic import make_synthetic
 from fastzhang.train import engine, state
 from fastzhang.train.fastpath import Speed, TrainStep, resolve_speed
 from workloads import DRY, GPU, epoch_config, fastzhang_epoch, naive_epoch, timed
@@ -26,11 +28,7 @@ def full_size():
     """CifarArrays at CIFAR-10's size: the real set if FASTZHANG_DATA holds it, else synthetic."""
     root = os.environ.get("FASTZHANG_DATA")
     if root and not DRY:
-        from fastzhang.data.sources import load_dataset
-
         return load_dataset("cifar10", root, download=False)
-    from fastzhang.data.synthetic import make_synthetic
-
     return make_synthetic(*((1_024, 256) if DRY else (49_920, 10_000)))
 
 
@@ -73,9 +71,8 @@ def payload_after_one_step(model: str, device: torch.device) -> dict:
     cfg = epoch_config(model, device)
     speed = resolve_speed(cfg, device)
     run = engine.build_run(cfg, device, speed)
-    x = torch.randn(8, 3, 28, 28, device=device, dtype=speed.input_dtype)
-    if speed.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 28, 28, device=device, dtype=speed.input_dtype).contiguous(
+        memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     run.partial = engine._empty_partial(device)
     eager = Speed(amp=speed.amp, compile=False, cuda_graphs=False, channels_last=speed.channels_last)
     TrainStep(run.model, run.optimizer, eager)(x, torch.zeros(8, dtype=torch.int64, device=device),

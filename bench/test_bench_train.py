@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fastzhang.data.batches import ResidentData
+from fastzhang.data.synthetic import make_synthetic
 from fastzhang.models.registry import MODELS
 from fastzhang.train.fastpath import Speed
 from workloads import DRY, GPU, Steps, sync, train_steps
@@ -51,8 +52,6 @@ COLD_FIRST_STEP: dict[str, float] = {}  # model -> the `full` case's first step,
 
 @pytest.fixture(scope="module")
 def resident(device):
-    from fastzhang.data.synthetic import make_synthetic
-
     return ResidentData.build(make_synthetic(512, 16), randomization="none", corrupt_prob=0.0, seed=0,
                               train_subset=None, device=device)
 
