@@ -1,10 +1,10 @@
 """Shared pieces of the benchmarks: threads, the device, images/s and ratios, the run's table.
 
 A benchmark of images records `images_per_s` and `ratio_vs_naive`, against a baseline measured in the
-same session (selected without it, -k, a case times it first); every benchmark records the device,
-torch's threads and the load (on a shared machine they move CPU numbers by several times), and
-machine_info the machine kind bench/history.py compares by. After pytest-benchmark's table of times,
-one row per benchmark (images/s, ratio, notes), also written beside --benchmark-json as .md.
+same session (a step or data case selected by -k without it times it first); every benchmark records
+the device, torch's threads and the load (on a shared machine they move CPU numbers by several times),
+and machine_info the machine kind bench/history.py compares by. After pytest-benchmark's table of
+times, one row per benchmark (images/s, ratio, notes), also written beside --benchmark-json as .md.
 """
 
 import importlib.util

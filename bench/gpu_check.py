@@ -200,10 +200,8 @@ def summary(out: Path, dry: bool) -> tuple[str, bool]:
 
 def check(kind: str) -> int:
     conf = settings(kind)
-    if not conf["dry"]:
-        problem = cuda_problem()
-        if problem:
-            raise Refused(f"{problem}\ngpu-check: {DRY_ENV}=1 runs all of it on the CPU instead.")
+    if not conf["dry"] and (problem := cuda_problem()):
+        raise Refused(f"{problem}\ngpu-check: {DRY_ENV}=1 runs all of it on the CPU instead.")
     out = conf["out"]
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():  # pydeps/ (the install) is reused

@@ -72,7 +72,7 @@ def load_runs(folder: Path) -> list[Run]:
 
 def round_noise(stats: dict) -> float | None:
     """The spread of a benchmark's rounds, (max - min) / median of their times; None for one round."""
-    return None if stats.get("rounds", 0) < 2 or not stats["median"] else (stats["max"] - stats["min"]) / stats["median"]
+    return (stats["max"] - stats["min"]) / stats["median"] if stats.get("rounds", 0) > 1 and stats["median"] else None
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,9 @@ def report(runs: list[Run], verdicts: list[Verdict]) -> str:
                    f"drop beyond the noise, not judged: load {v.latest.load:.1f} > {v.latest.run.cores} cores"
                    if v.since else "new" if v.reference is None else
                    f"no verdict: {v.runs} earlier run(s)" if v.noise is None else "ok")
-        lines.append(f"| {_label(v)} | {where} | {'none yet' if v.reference is None else f'{_num(v.reference)} ({v.runs})'}"
-                     f" | {_num(v.latest.value)} | {'' if v.change is None else f'{100 * v.change:+.1f}%'} | "
+        ref = "none yet" if v.reference is None else f"{_num(v.reference)} ({v.runs})"
+        lines.append(f"| {_label(v)} | {where} | {ref} | {_num(v.latest.value)} | "
+                     f"{'' if v.change is None else f'{100 * v.change:+.1f}%'} | "
                      f"{'?' if v.noise is None else f'{100 * v.noise:.0f}%'} | {verdict} |")
     regressions = [v for v in verdicts if v.regressed]
     lines.append("")

@@ -19,7 +19,8 @@ from workloads import GPU
 PACKS = (1, 2, 4) if GPU else (1, 2)
 RECIPE = {
     "cuda": 'model: inception\ndataset: synthetic\nepochs: 8\nbatch_size: 128\ncompile: "off"\nseed: {seed}\n',
-    "cpu": "model: mlp1\ndataset: synthetic\nepochs: 3\nbatch_size: 32\ntrain_subset: 1024\ndevice: cpu\nseed: {seed}\n",
+    "cpu": "model: mlp1\ndataset: synthetic\nepochs: 3\nbatch_size: 32\ntrain_subset: 1024\ndevice: cpu\n"
+           "seed: {seed}\n",
 }
 
 

@@ -21,7 +21,7 @@ from fastzhang.train.fastpath import Speed
 from workloads import DRY, GPU, Steps, sync, train_steps
 
 MODES = {"torch_lrn": "", "eager": "", "amp": "amp", "cl": "channels_last", "amp_cl": "amp channels_last",
-         "compile": "compile", "compile_max": "compile", "amp_cl_compile": "amp channels_last compile",
+         "compile": "compile", "compile_max": "compile",
          "cuda_graphs": "cuda_graphs", "graphs": "amp channels_last cuda_graphs",
          "full": "amp channels_last compile cuda_graphs", "full-warm": "amp channels_last compile cuda_graphs"}
 COMPILE_MODE = {"compile_max": "max-autotune-no-cudagraphs"}
