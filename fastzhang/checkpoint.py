@@ -1,22 +1,12 @@
-"""Checkpoints that are written atomically, verified on load and never lost.
+"""Checkpoints that are written atomically, verified on load and never lost; their file names.
 
-A checkpoint is a plain dict (its schema: train/state.py) saved with `torch.save`,
-so `torch.load(path, weights_only=True)` reads it without running any code. On
-top of that:
-
-* `save` adds `format`, `format_version` and a `checksum`: sha256 over a canonical
-  walk of the payload (dict keys sorted; tensors as dtype, shape and raw bytes).
-  The zip container has no integrity check of its own: a flipped bit in tensor
-  data loads silently, so the checksum is what catches it.
-* `save` writes through `atomic_write` and, just before the new file takes the
-  final name, rotates the current one to `{stem}.prev.pth`. A crash between the
-  two renames leaves no latest file but a good `.prev`, which `load_latest` uses.
-* File names live here too (`latest_path`, `best_path`, `log_path`); importing this module
-  does not import torch, so code that only names files stays fast.
-* `load` refuses anything that is not an intact fastzhang checkpoint with
-  `CheckpointCorrupt`; `load_latest` falls back to `.prev` and moves a damaged file
-  aside as `{name}.corrupt-{YYYYmmdd_HHMMSS}` (kept for inspection, never deleted,
-  never rotated into `.prev`).
+A checkpoint is a plain dict (its schema: train/state.py) saved with `torch.save`, so
+`torch.load(path, weights_only=True)` reads it without running any code. `save` adds a
+`checksum` (the zip container has none of its own: a flipped bit in tensor data would load
+silently) and rotates the current file to `{stem}.prev.pth` just before the new one takes
+its name; a crash between the two renames leaves a good `.prev`, which `load_latest` uses.
+A damaged file is moved aside as `{name}.corrupt-{YYYYmmdd_HHMMSS}`, never deleted. Importing
+this module does not import torch, so code that only names files stays fast.
 """
 
 from __future__ import annotations
@@ -38,14 +28,11 @@ from fastzhang.log import warn
 
 FORMAT = "fastzhang-checkpoint"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
 
 _KINDS = r"(?:(?:checkpoint|best)(?:\.prev)?|epoch\d{3,})\.pth"  # latest, best, their .prev, snapshots
 _CORRUPT = r"\.corrupt-\d{8}_\d{6}(?:_\d+)?"
 _ANY_ID_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:{_CORRUPT})?$")
 _ANY_ID_TMP_RE = re.compile(rf"^\.(?P<id>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
-
-
 CHECKSUM_MISMATCH = "checksum mismatch"
 CUT_OFF = "a cut-off or damaged torch archive"
 
@@ -63,9 +50,6 @@ class CheckpointCorrupt(CheckpointError):
         """A fastzhang checkpoint whose bytes changed since save(), not some other file."""
         return self.reason.startswith((CHECKSUM_MISMATCH, CUT_OFF))
 
-
-# ------------------------------------------------------------------------------------------
-# Names
 
 def latest_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
     return Path(checkpoint_dir) / f"{experiment_id}_checkpoint.pth"
@@ -124,9 +108,6 @@ def discover_ids(checkpoint_dir: str | Path) -> set[str]:
             found.add(m["id"])
     return found
 
-
-# ------------------------------------------------------------------------------------------
-# Checksum
 
 def checksum(payload: Mapping[str, Any]) -> str:
     """sha256 hex of everything in `payload` except its `checksum` entry."""
@@ -188,27 +169,17 @@ def _feed_tensor(h: Any, t, where: str) -> None:
         h.update(flat.view(torch.uint8).numpy())
 
 
-# ------------------------------------------------------------------------------------------
-# Save and load
+def save(payload: Mapping[str, Any], path: str | Path, *, copy_to: Sequence[str | Path] = ()) -> Path:
+    """Write `payload` (plus format, format_version, checksum) atomically to `path`, the file there becoming
+    `{stem}.prev.pth`; `copy_to` (the best checkpoint, a snapshot) get the same bytes first, without a .prev.
 
-def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = True,
-         copy_to: Sequence[str | Path] = ()) -> Path:
-    """Write `payload` (plus format, format_version, checksum) atomically to `path`.
-
-    With `keep_previous`, the file currently at `path` becomes `{stem}.prev.pth`.
-    `copy_to` (the best checkpoint, a snapshot) get the same bytes first, without a
-    .prev: the payload is checksummed and serialized once for all files.
-    Raises `WriteError` on disk full / permissions (old files intact), `TypeError`
-    for a value that `torch.load(weights_only=True)` could not read back.
+    Raises `WriteError` on disk full / permissions (old files intact), `TypeError` for a value
+    that `torch.load(weights_only=True)` could not read back.
     """
     import torch
 
     path = Path(path)
-    for key, value in (("format", FORMAT), ("format_version", FORMAT_VERSION)):
-        if key in payload and payload[key] != value:
-            raise ValueError(f"checkpoint payload has {key}={payload[key]!r}; save() writes {value!r}")
-    full = {k: v for k, v in payload.items() if k != "checksum"}
-    full["format"], full["format_version"] = FORMAT, FORMAT_VERSION
+    full = {**payload, "format": FORMAT, "format_version": FORMAT_VERSION}
     full["checksum"] = checksum(full)
 
     def rotate() -> None:
@@ -222,7 +193,7 @@ def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = 
     data = buffer.getbuffer()
     for copy in copy_to:
         atomic_write(Path(copy), lambda f: f.write(data), what="checkpoint")
-    atomic_write(path, lambda f: f.write(data), what="checkpoint", before_replace=rotate if keep_previous else None)
+    atomic_write(path, lambda f: f.write(data), what="checkpoint", before_replace=rotate)
     return path
 
 
@@ -274,8 +245,8 @@ def _payload_problem(payload: Any) -> str | None:
     if payload.get("format") != FORMAT:
         return f"not a fastzhang checkpoint (format is {payload.get('format')!r}, expected {FORMAT!r})"
     version = payload.get("format_version")
-    if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        return f"format_version {version!r} is not supported (this fastzhang reads {SUPPORTED_VERSIONS})"
+    if version != FORMAT_VERSION or type(version) is not int:
+        return f"format_version {version!r} is not supported (this fastzhang reads {FORMAT_VERSION})"
     stored = payload.get("checksum")
     if not isinstance(stored, str):
         return "it has no checksum"
@@ -287,9 +258,6 @@ def _payload_problem(payload: Any) -> str | None:
         return f"{CHECKSUM_MISMATCH} (stored {stored[:12]}..., content hashes to {actual[:12]}...)"
     return None
 
-
-# ------------------------------------------------------------------------------------------
-# Resume: the newest good checkpoint
 
 def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | None:
     """The payload of `path`, else of its `.prev`, with the file it came from.
