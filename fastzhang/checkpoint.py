@@ -262,10 +262,9 @@ def _payload_problem(payload: Any) -> str | None:
 def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | None:
     """The payload of `path`, else of its `.prev`, with the file it came from.
 
-    None when neither file exists; `warn` gets what was used instead and why. A damaged file next to a good one is renamed to
-    `{name}.corrupt-{timestamp}` with a warning (so the next save cannot rotate it
-    over the good one); when every existing file is damaged, `CheckpointError`
-    names them all and nothing is touched.
+    None when neither file exists; `warn` gets what was used instead and why. A damaged file next
+    to a good one is quarantined with a warning (so the next save cannot rotate it over the good
+    one); when every existing file is damaged, `CheckpointError` names them all, nothing touched.
     """
     path = Path(path)
     prev = prev_path(path)
