@@ -27,14 +27,12 @@ def center_offsets(batch: int, device: torch.device | str = "cpu") -> torch.Tens
 
 
 def crop(images: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop uint8 [N, 3, 32, 32] to [B, 3, 28, 28] at per-image (dy, dx) offsets, in one gather.
+    """Crop uint8 `images[index]` (all when index is None) [B, 3, 32, 32] to [B, 3, 28, 28] at (dy, dx) offsets.
 
-    The crops of `images[index]` (of every image when index is None). A strided
-    view of the flat pixel buffer holds a [3, 28, 28] window starting at every
-    byte; the crop of image i at (dy, dx) is window i*3072 + dy*32 + dx, so one
-    index_select copies exactly the chosen windows, gathering the batch from the
-    whole resident set on the way. ~4x faster on the CPU than indexing a
-    [B, 5, 5, 3, 28, 28] window view by (image, dy, dx) (bench/NOTES.md §2c).
+    A strided view of the flat pixel buffer holds a [3, 28, 28] window starting at every
+    byte; the crop of image i at (dy, dx) is window i*3072 + dy*32 + dx, so one index_select
+    gathers the batch: ~4x faster on the CPU than a window view indexed by (image, dy, dx)
+    (bench/NOTES.md §2c).
     """
     images = images.contiguous()
     n, c = images.shape[0], images.shape[1]

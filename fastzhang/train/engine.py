@@ -71,10 +71,6 @@ def build_run(cfg, device: torch.device, speed: Speed) -> Run:
     return Run(model=model, optimizer=optimizer, scheduler=scheduler)
 
 
-def current_lr(run: Run) -> float:
-    return float(run.optimizer.param_groups[0]["lr"])
-
-
 @dataclass
 class Hooks:
     """How the loop talks to the outside world (files, signals, logging, progress)."""
@@ -104,15 +100,12 @@ def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
 
 
 def finished(cfg, run: Run) -> bool:
-    """No epoch is left to train: the target epoch is done, or a stopping rule has ended the run."""
     return end_cause(cfg, run) is not None
 
 
 def end_cause(cfg, run: Run) -> str | None:
     """Why no epoch is left: "epochs" (the target), "fit" (stop_at_train_acc), "early_stopping"; else None.
-
-    A function of the finished epochs' metrics, so a run resumed at any point ends where it would have.
-    """
+    A function of the finished epochs' metrics, so a run resumed at any point ends where it would have."""
     if run.epoch >= cfg.epochs:
         return "epochs"
     if run.fitted:
@@ -174,12 +167,8 @@ def _train_epoch(cfg, run: Run, data, loader, speed: Speed, step_fn: TrainStep, 
 
 
 def clock(device: torch.device) -> Callable[[float], float]:
-    """elapsed(start): seconds since `start`, once the work queued on `device` is done.
-
-    The host runs ahead of a GPU by many steps; reading the clock without waiting
-    would stop it early and overstate images/s. One wait per epoch (and per
-    mid-epoch checkpoint, which copies device tensors anyway) costs nothing.
-    """
+    """elapsed(start): seconds since `start`, once the work queued on `device` is done: the host runs
+    ahead of a GPU by many steps, and a clock read without waiting would overstate images/s."""
     def elapsed(start: float) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -198,11 +187,8 @@ def _empty_partial(device: torch.device) -> dict:
 
 
 class _Display:
-    """Progress-bar postfix without stalling the device.
-
-    The device sums are copied to pinned host memory asynchronously and shown
-    one refresh later, so the bar never forces a host synchronization.
-    """
+    """Progress-bar postfix without stalling the device: the device sums are copied to pinned host
+    memory asynchronously and shown one refresh later, so the bar never forces a host sync."""
 
     EVERY = 20
 
@@ -254,7 +240,7 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed,
     seconds = sums["seconds"]
     row = {
         "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-        "test_acc": test_acc, "lr": current_lr(run), "epoch_seconds": seconds,
+        "test_acc": test_acc, "lr": float(run.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds,
         "images_per_second": sums["seen"] / seconds if seconds > 0 else math.nan,
         "steps": run.global_step, "eval_seconds": time.perf_counter() - start,
     }

@@ -1,25 +1,17 @@
 """The speed switches and the training step they shape.
 
-`resolve_speed` turns the config's auto/on/off switches into booleans for the
-device at hand. The `auto` defaults come from measurement (bench/NOTES.md §4):
-
-| switch        | CUDA | CPU                                                           |
-| ------------- | ---- | ------------------------------------------------------------- |
-| amp (bf16)    | on   | on where the CPU has native bf16 (AMX / AVX512-BF16), else off |
-| channels_last | on for the convolutional models (an MLP only pays a copy)    |
-| compile       | on   | off (slower or even on the CPU, and 15 s-3 min to compile)     |
-| cuda_graphs   | on   | off (CUDA only)                                               |
-
-`TrainStep` runs one optimizer step and adds the batch's summed loss and
-correct count to device-resident accumulators, so an epoch never waits for the
-host. With CUDA graphs it captures the whole step (forward, backward, SGD)
-once per batch shape: the full batch and the epoch's smaller last batch
-(data.batches.steps_per_epoch: the last batch holds n mod B images).
+`resolve_speed` turns the config's auto/on/off switches into booleans for the device at
+hand; the `auto` defaults (README's Speed table) come from measurement (bench/NOTES.md §4).
+`TrainStep` runs one optimizer step and adds the batch's summed loss and correct count to
+device-resident accumulators, so an epoch never waits for the host. With CUDA graphs it
+captures the whole step (forward, backward, SGD) once per batch shape: the full batch and
+the epoch's smaller last batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -29,8 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fastzhang.errors import one_line
-
+from fastzhang.errors import UsageError, one_line
 from fastzhang.models.registry import MODELS
 
 WARMUP_STEPS = 3  # eager steps before a capture: compile, cuDNN/cuBLAS workspaces, optimizer state
@@ -53,19 +44,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from fastzhang.errors import UsageError
-
         raise UsageError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
 
 
 def activate_device(device: torch.device) -> None:
-    """Make `device` CUDA's current device.
-
-    Streams, events, graph captures and Triton launches made without an explicit
-    device go to the current one: without this, `cuda:1` tensors would meet work
-    queued on device 0.
-    """
+    """Make `device` CUDA's current device: streams, events, captures and Triton launches made without an
+    explicit device go to the current one, where `cuda:1` tensors would otherwise meet work queued on device 0."""
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
 
@@ -79,23 +64,12 @@ def cpu_has_native_bf16() -> bool:
 def resolve_speed(cfg, device: torch.device) -> Speed:
     """auto/on/off -> booleans. `cuda_graphs: on` without CUDA is refused, not ignored."""
     cuda = device.type == "cuda"
-    auto = {
-        "amp": cuda or cpu_has_native_bf16(),
-        "compile": cuda,
-        "cuda_graphs": cuda,
-        "channels_last": MODELS[cfg.model].convolutional,
-    }
-
-    def switch(name: str) -> bool:
-        value = getattr(cfg, name)
-        return auto[name] if value == "auto" else value == "on"
-
     if cfg.cuda_graphs == "on" and not cuda:
-        from fastzhang.errors import UsageError
-
         raise UsageError(f"cuda_graphs: 'on' needs a CUDA device; this run is on {device}")
-    return Speed(amp=switch("amp"), compile=switch("compile"), cuda_graphs=switch("cuda_graphs"),
-                 channels_last=switch("channels_last"))
+    # compile: slower or even on the CPU, and 15 s-3 min to compile; channels_last: an MLP only pays a copy
+    auto = {"amp": cuda or cpu_has_native_bf16(), "compile": cuda, "cuda_graphs": cuda,
+            "channels_last": MODELS[cfg.model].convolutional}
+    return Speed(**{name: auto[name] if getattr(cfg, name) == "auto" else getattr(cfg, name) == "on" for name in auto})
 
 
 def _forward_loss(forward, x, y, amp: bool):
@@ -180,7 +154,7 @@ class TrainStep:
         # The default mode: "reduce-overhead" would nest inductor's CUDA graphs in ours.
         self.forward = compile_model(model, mode=compile_mode, dynamic=False) if speed.compile else model
         if speed.compile and "compile" in self._fail:
-            self.forward = _failing("compile")
+            self.forward = _failing_compile
         self.graphs = graphs if graphs is not None else (CudaGraphs() if speed.cuda_graphs else None)
         self._captured: dict[tuple, tuple] = {}
         self._proven: set[tuple] = set()  # batch shapes whose first step succeeded
@@ -209,9 +183,9 @@ class TrainStep:
                 out = self._run(key, x, y)
                 self._proven.add(key)
                 return out
-            except _StageFailed as failed:  # the capture itself
+            except _CaptureFailed as failed:
                 _restore(self.model, self.optimizer, saved)
-                self._fall_back(failed.switch, failed.__cause__)
+                self._fall_back("cuda_graphs", failed.__cause__)
             except Exception as e:  # inductor compiles at the first forward and the first backward
                 if self.forward is self.model:
                     raise
@@ -234,7 +208,6 @@ class TrainStep:
         self.optimizer.step()
         return loss.detach(), right
 
-    # -- CUDA graphs -------------------------------------------------------------------
     def _replay(self, key, x, y):
         replay, static_x, static_y, outputs = self._captured[key]
         static_x.copy_(x)
@@ -264,23 +237,17 @@ class TrainStep:
                 raise _InjectedFailure(f"injected capture failure ({FAIL_ENV})")
             replay, outputs = self.graphs.capture(lambda: self._step(static_x, static_y))
         except Exception as e:
-            raise _StageFailed("cuda_graphs") from e
+            raise _CaptureFailed from e
         _restore(self.model, self.optimizer, saved)
         return replay, static_x, static_y, outputs
 
 
-class _StageFailed(Exception):
-    """compile or capture failed; __cause__ says why."""
-
-    def __init__(self, switch: str):
-        super().__init__(switch)
-        self.switch = switch
+class _CaptureFailed(Exception):
+    """The capture failed (not the step captured); __cause__ says why."""
 
 
-def _failing(stage: str):
-    def forward(x):
-        raise _InjectedFailure(f"injected {stage} failure ({FAIL_ENV})")
-    return forward
+def _failing_compile(x):
+    raise _InjectedFailure(f"injected compile failure ({FAIL_ENV})")
 
 
 def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -326,21 +293,16 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
 
 
 def evaluate(model: torch.nn.Module, batches, speed: Speed) -> tuple[float, float]:
-    """Mean loss and accuracy (%) over `batches`; one host sync at the end."""
+    """Mean loss and accuracy (%) over `batches`; one host sync at the end (nan for no batch)."""
     was_training = model.training
     model.eval()
-    loss_sum = correct = None
-    count = 0
+    loss_sum, correct, count = 0.0, 0, 0
     with torch.inference_mode():
         for x, y in batches:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=speed.amp):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            right = (logits.argmax(dim=1) == y).sum()
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            correct = right if correct is None else correct + right
+            loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum")
+            correct = correct + (logits.argmax(dim=1) == y).sum()
             count += y.shape[0]
     model.train(was_training)
-    if count == 0:
-        return float("nan"), float("nan")
-    return loss_sum.item() / count, 100.0 * correct.item() / count
+    return (float(loss_sum) / count, 100.0 * float(correct) / count) if count else (math.nan, math.nan)

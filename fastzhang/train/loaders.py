@@ -1,17 +1,10 @@
-"""Which data path builds the training batches: `loader(plan, step) -> (x, y)`.
+"""Which data path builds the training batches: `loader(plan, step) -> (x, y)`, the same batches on every path.
 
-The config's `loader` names the path: torch (the resident torch path), triton
-(the fused kernel of fastzhang.kernels), dali (NVIDIA DALI), or auto, the only
-one that decides: triton on CUDA when the kernel can run there and its first
-batch equals the torch path's (else torch, and `.fallback` says why). An
-explicit choice that cannot run on this machine is refused (UsageError) when
-the loader is built, which experiment._prepare does before the lock is taken;
-it is never swapped for another path. The loader carries `.name`, the path
-actually used, for the results file.
-
-All three give the same batches as `data.batches.train_batch` (tests prove it).
-The engine calls the loader outside any captured CUDA graph, before the
-captured step, so DALI's own kernels are never captured.
+The config's `loader`: torch (data/batches.py), triton (the fused kernel of fastzhang.kernels),
+dali (NVIDIA DALI), or auto, the only one that decides: triton on CUDA when the kernel can run
+there and its first batch equals the torch path's (else torch, and `.fallback` says why). An
+explicit choice that cannot run here is refused (UsageError) before the lock is taken, never
+swapped for another path. The engine calls the loader outside any captured CUDA graph.
 """
 
 from __future__ import annotations
@@ -94,11 +87,8 @@ def make_loader(name: str, data: batches.ResidentData, batch_size: int, *, dtype
 
 
 def _first_batch_problem(fused, plain, data: batches.ResidentData) -> str | None:
-    """Why the kernel cannot be trusted here (it fails to compile, or its batch differs), or None.
-
-    `auto` picks the kernel without being asked to, so it proves it on one batch
-    first: a new GPU or Triton version must not end a run, nor train on wrong inputs.
-    """
+    """Why the kernel cannot be trusted here (it fails to compile, or its batch differs), or None: `auto` picks
+    it unasked, and a new GPU or Triton version must neither end a run nor train on wrong inputs."""
     plan = batches.epoch_plan(0, 1, data.num_train, True, data.device)
     try:
         got, want = fused(plan, 0), plain(plan, 0)
