@@ -1,21 +1,11 @@
 """The Ray backend: each experiment is a Ray task on an existing cluster or a local instance.
 
-Ray places the tasks (a fraction 1/K of a GPU each, or one CPU) and retries a
-task whose worker died; our own guarantees make that safe. Every task calls
-`run_experiment`, which skips a completed experiment, resumes from the last
-checkpoint and holds the experiment's lock, so a retry continues where the dead
-worker stopped and a duplicate does no double work. Checkpoints and results go
-to folders every worker sees (absolute paths; on a cluster, a shared file
-system).
-
-Failures that are our own (FastZhangError: bad recipe, missing data, failed
-write) are answers, not crashes: the task returns them and Ray does not retry
-them. Only a dead worker (SIGKILL, OOM kill, lost node) is retried.
-
-A retry can find the lock still held by the attempt it replaces: flock is
-released when the killed process is gone, which on one machine is at once but
-on NFS can take until the dead client's lease expires. The task then waits up
-to LOCK_GRACE_SECONDS for the lock before it reports the experiment busy.
+Ray places the tasks (1/K of a GPU each, or one CPU) and retries a task whose worker died
+(SIGKILL, OOM kill, lost node): every task calls `run_experiment`, which skips a completed
+experiment, resumes from the last checkpoint and holds the experiment's lock, so a retry
+continues where the dead worker stopped. Our own failures (FastZhangError) are answers the
+task returns, never retried. A retry can find the lock still held by the attempt it
+replaces (on NFS until the dead client's lease expires): it waits up to LOCK_GRACE_SECONDS.
 """
 
 from __future__ import annotations
@@ -47,10 +37,6 @@ def import_ray():
     except ImportError:
         raise UsageError("--backend ray needs the ray package: pip install 'fastzhang[ray]'") from None
     return ray
-
-
-# ------------------------------------------------------------------------------------------
-# The task (runs in a Ray worker; plain values in, plain values out)
 
 
 def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: str | None,
@@ -94,10 +80,7 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
 
 def _wait_for_lock(checkpoint_dir: Path, eid: str, deadline: float) -> None:
     """Until the experiment's lock is free or the deadline passes (run_experiment then says LockHeld).
-
-    Probes by taking the lock for a moment: on NFS an exclusive flock needs a file
-    open for writing, which ExperimentLock has.
-    """
+    Probes by taking the lock for a moment: on NFS an exclusive flock needs a file open for writing."""
     from fastzhang.errors import LockHeld
     from fastzhang.lock import ExperimentLock
 
@@ -113,10 +96,7 @@ def _wait_for_lock(checkpoint_dir: Path, eid: str, deadline: float) -> None:
 
 def _started_since(mark: Path, checkpoint_dir: Path, results_dir: Path, eid: str) -> bool:
     """Whether this batch already (re)started the experiment, so a retry must not --force again.
-
-    `mark` was touched by the driver when the batch began; comparing mtimes on the
-    same file system keeps clocks of different machines out of it.
-    """
+    Comparing mtimes with `mark`'s on the same file system keeps the machines' clocks out of it."""
     from fastzhang import checkpoint, results
 
     try:
@@ -127,14 +107,10 @@ def _started_since(mark: Path, checkpoint_dir: Path, results_dir: Path, eid: str
     return any(p.exists() and p.stat().st_mtime >= since for p in ours)
 
 
-# ------------------------------------------------------------------------------------------
-# The driver
-
-
 def task_config(task: Task) -> dict:
     """The task's config with paths the workers can use: absolute, relative to this directory."""
     values = task.config.to_dict()
-    if task.config.dataset == "cifar10":
+    if task.config.dataset != "synthetic":  # CIFAR-10 and CIFAR-100 alike
         from fastzhang.data.download import resolve_data_dir
 
         values["data_dir"] = str(resolve_data_dir(task.config.data_dir).resolve())
@@ -163,7 +139,11 @@ def run_ray(tasks: list[Task], opts: BatchOptions, *, address: str | None = None
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address)
-    mark = _touch_mark(ckpt_dir) if opts.force else None
+    mark = None
+    if opts.force:  # touched when the batch began: a retry that finds newer files must not --force again
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        mark = ckpt_dir / f".fastzhang-batch-{uuid.uuid4().hex}.started"
+        mark.touch()
     try:
         report.results += _drive(ray, todo, opts, mark, runs_per_gpu, max_parallel, report)
     finally:
@@ -172,13 +152,6 @@ def run_ray(tasks: list[Task], opts: BatchOptions, *, address: str | None = None
         if started_here:
             ray.shutdown()
     return report
-
-
-def _touch_mark(checkpoint_dir: Path) -> Path:
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    mark = checkpoint_dir / f".fastzhang-batch-{uuid.uuid4().hex}.started"
-    mark.touch()
-    return mark
 
 
 def _drive(ray, todo: list[Task], opts: BatchOptions, mark: Path | None, runs_per_gpu: int,
