@@ -1,11 +1,8 @@
-"""Each experiment's own log, `{checkpoint-dir}/{id}.log`: what its runs said, appended across resumptions.
+"""Each experiment's own log, `{checkpoint-dir}/{id}.log`: what its runs said, appended across resumptions,
+with or without --quiet or a terminal (`fastzhang batch` sends each run's stdout and stderr there too).
 
-Every run writes its announcement, its per-epoch lines, its fallbacks and how it
-ended here, with or without --quiet and whether or not a terminal is attached, so a
-run started by `fastzhang batch` or a cluster job can be followed with `tail -f`.
-`fastzhang batch` sends each run's own stdout and stderr to the same file.
-Only the holder of the experiment's lock writes it. The log is for people: a
-failed write costs one warning, never the run (the checkpoints are what count).
+Only the holder of the experiment's lock writes it. The log is for people: a failed
+write costs one warning, never the run (the checkpoints are what count).
 """
 
 from __future__ import annotations
@@ -69,7 +66,6 @@ def _same_file(stream, path: Path) -> bool:
         return False
 
 
-# ------------------------------------------------------------------------------------------
 # What a run says: the wording lives here, experiment.py and cli/run.py read it.
 
 

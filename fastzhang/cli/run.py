@@ -53,23 +53,17 @@ _VALUE_FLAGS = (
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, metavar="RECIPE", help="YAML recipe (flags override its values)")
     listed = _listed()
-    named = _choices()
+    named = choices()  # the usage shows the names; config.py checks them (and suggests the closest)
     for flag, dest, kind, text in _VALUE_FLAGS:
-        choices = named.get(dest)
+        names = named.get(dest)
         p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text.format(**listed),
-                       metavar="{" + ",".join(choices) + "}" if choices else None)
+                       metavar="{" + ",".join(names) + "}" if names else None)
     p.add_argument("--random-crop", dest="random_crop", action="store_true", default=argparse.SUPPRESS,
                    help="random 28x28 crops for training (default: center crop)")
     p.add_argument("--no-random-crop", dest="random_crop", action="store_false", default=argparse.SUPPRESS,
                    help="center crops (overrides a recipe's random_crop: true)")
     p.add_argument("--use_wandb", "--use-wandb", dest="use_wandb", action="store_true",
                    default=argparse.SUPPRESS, help="log to Weights & Biases (needs fastzhang[wandb])")
-
-
-def _choices() -> dict[str, tuple[str, ...]]:
-    """Flags whose values are names, read when the parser is built: the usage shows them; config.py
-    checks them (and suggests the closest)."""
-    return choices()
 
 
 EXAMPLES = """examples:
@@ -122,10 +116,8 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace, resume_payload: dict | None = None) -> ExperimentConfig:
-    """The run's config; with --resume-from and no recipe, the checkpoint's settings under the flags.
-
-    `resume_payload`: the --resume-from file when the caller has read it already (read here otherwise).
-    """
+    """The run's config; with --resume-from and no recipe, the checkpoint's settings (`resume_payload`,
+    read here unless given) under the flags."""
     fields = set(ExperimentConfig.__dataclass_fields__)
     given = {k: v for k, v in vars(args).items() if k in fields}
     if args.config is not None:
