@@ -29,10 +29,11 @@ from fastzhang.log import warn
 FORMAT = "fastzhang-checkpoint"
 FORMAT_VERSION = 1
 
-_KINDS = r"(?:(?:checkpoint|best)(?:\.prev)?|epoch\d{3,})\.pth"  # latest, best, their .prev, snapshots
-_CORRUPT = r"\.corrupt-\d{8}_\d{6}(?:_\d+)?"
-_ANY_ID_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:{_CORRUPT})?$")
-_ANY_ID_TMP_RE = re.compile(rf"^\.(?P<id>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
+# An experiment's checkpoint files: latest, best, their .prev, snapshots; damaged ones kept as .corrupt-*,
+# and a killed writer's .tmp.
+_KINDS = r"(?:(?:checkpoint|best)(?:\.prev)?|epoch\d{3,})\.pth"
+_FILE_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:\.corrupt-\d{{8}}_\d{{6}}(?:_\d+)?)?$"
+                      rf"|^\.(?P<tmp>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
 CHECKSUM_MISMATCH = "checksum mismatch"
 CUT_OFF = "a cut-off or damaged torch archive"
 
@@ -66,11 +67,8 @@ def snapshot_path(checkpoint_dir: str | Path, experiment_id: str, epoch: int) ->
 
 def snapshots(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
     """The experiment's snapshots, oldest epoch first."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    names = re.compile(rf"^{re.escape(experiment_id)}_epoch(\d{{3,}})\.pth$")
-    found = [(int(m[1]), p) for p in folder.iterdir() if (m := names.match(p.name))]
+    found = [(int(m[1]), p) for p in _files_by_id(checkpoint_dir).get(experiment_id, [])
+             if (m := re.fullmatch(r".+_epoch(\d{3,})\.pth", p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -85,28 +83,23 @@ def prev_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def _files_by_id(checkpoint_dir: str | Path) -> dict[str, list[Path]]:
+    folder, found = Path(checkpoint_dir), {}
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if (m := _FILE_RE.match(p.name)) and not p.is_dir():
+            found.setdefault(m["id"] or m["tmp"], []).append(p)
+    return found
+
+
 def experiment_files(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
-    """Every file of one experiment in the checkpoint folder: latest, best, their .prev, .corrupt-*,
-    stale .tmp, and its log."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    ident = re.escape(experiment_id)
-    names = re.compile(rf"^{ident}_{_KINDS}(?:{_CORRUPT})?$|^\.{ident}_{_KINDS}\.[A-Za-z0-9_]+\.tmp$|^{ident}\.log$")
-    return sorted(p for p in folder.iterdir() if names.match(p.name) and not p.is_dir())
+    """Every file of one experiment in the checkpoint folder: its checkpoint files (see _KINDS) and its log."""
+    log = log_path(checkpoint_dir, experiment_id)
+    return sorted(_files_by_id(checkpoint_dir).get(experiment_id, []) + ([log] if log.is_file() else []))
 
 
 def discover_ids(checkpoint_dir: str | Path) -> set[str]:
     """Experiment IDs that have any checkpoint file (including damaged or stale ones)."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return set()
-    found = set()
-    for p in folder.iterdir():
-        m = _ANY_ID_RE.match(p.name) or _ANY_ID_TMP_RE.match(p.name)
-        if m:
-            found.add(m["id"])
-    return found
+    return set(_files_by_id(checkpoint_dir))
 
 
 def checksum(payload: Mapping[str, Any]) -> str:

@@ -45,11 +45,13 @@ class ExperimentLock:
         return self._fd is not None
 
     def acquire(self) -> None:
-        if self._fd is not None:
-            raise RuntimeError(f"lock {self.path} is already held by this object")
         deadline = time.monotonic() + _RETRY_SECONDS
         while True:
-            fd = self._open()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise WriteError(f"cannot create lock file {self.path}: {e.strerror or e}") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -57,7 +59,9 @@ class ExperimentLock:
                 if time.monotonic() < deadline:
                     time.sleep(0.02)
                     continue
-                raise LockHeld(self._held_message()) from None
+                who = f"pid {pid}, " if (pid := holder_pid(self.path)) else ""
+                raise LockHeld(f"experiment {self.experiment_id} is already running in another process "
+                               f"({who}lock file {self.path}); wait for it or stop it") from None
             # The file may have been removed (by `clean`) between open and flock; a
             # lock on an unlinked inode excludes nobody, so start over on the new file.
             if _still_named(fd, self.path):
@@ -79,21 +83,6 @@ class ExperimentLock:
             pass
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
-
-    def _open(self) -> int:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise WriteError(f"cannot create lock file {self.path}: {e.strerror or e}") from e
-
-    def _held_message(self) -> str:
-        pid = holder_pid(self.path)
-        who = f"pid {pid}, " if pid else ""
-        return (
-            f"experiment {self.experiment_id} is already running in another process "
-            f"({who}lock file {self.path}); wait for it or stop it"
-        )
 
 
 def _still_named(fd: int, path: Path) -> bool:

@@ -204,12 +204,18 @@ def fetch_tarball(root: str | Path, spec: CifarSpec) -> Path:
         raise DataError(f"{root}: no {spec.title} here and cannot download into it ({e.strerror or e}); "
                         f"put {tarball} there or choose another --data-dir") from None
     info(f"no {spec.title} in {root}; downloading {url}")
+    h = hashlib.md5(usedforsecurity=False)
     try:
-        with os.fdopen(fd, "wb") as out:
-            got = _stream(url, out, tarball)
+        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=tarball) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
-        if got != md5:
+        if (got := h.hexdigest()) != md5:
             raise DataError(f"{url}: downloaded file has md5 {got}, expected {md5}; discarded it. "
                             f"Retry, or put {tarball} in {root} yourself")
         os.replace(tmp, dest)
@@ -220,16 +226,3 @@ def fetch_tarball(root: str | Path, spec: CifarSpec) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
-
-
-def _stream(url: str, out, name: str) -> str:
-    """Copy `url` into `out` with a tqdm bar; returns the md5 hex of what was written."""
-    h = hashlib.md5(usedforsecurity=False)
-    with urlopen(url, timeout=60) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                bar.update(len(chunk))
-    return h.hexdigest()
