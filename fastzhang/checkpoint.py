@@ -11,6 +11,7 @@ this module does not import torch, so code that only names files stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -176,10 +177,8 @@ def save(payload: Mapping[str, Any], path: str | Path, *, copy_to: Sequence[str 
     full["checksum"] = checksum(full)
 
     def rotate() -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.replace(path, prev_path(path))
-        except FileNotFoundError:
-            pass
 
     buffer = io.BytesIO()
     torch.save(full, buffer)

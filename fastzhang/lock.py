@@ -8,6 +8,7 @@ error message. Note that a child forked while the lock is held shares it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -67,20 +68,16 @@ class ExperimentLock:
             if _still_named(fd, self.path):
                 break
             os.close(fd)
-        try:
+        with contextlib.suppress(OSError):  # the pid is only for messages; holding the lock is what matters
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the pid is only for messages; holding the lock is what matters
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
 

@@ -12,7 +12,6 @@ touched: `clean` holds each lock until the files are gone, so no run can start h
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 from pathlib import Path
@@ -124,9 +123,7 @@ def _carry_out(args, plan: dict[str, list[Path]]) -> int:
         return 1
     for done, path in enumerate(doomed):
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            path.unlink(missing_ok=True)
         except OSError as e:
             raise WriteError(f"cannot delete {path}: {e.strerror or e} (deleted {done} of {len(doomed)} files)") from e
     print(f"{'freed' if args.completed else 'deleted'} {len(doomed)} files{size}")
