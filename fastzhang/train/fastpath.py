@@ -166,10 +166,14 @@ class TrainStep:
         correct += right
 
     def _run(self, key, x, y):
-        if self.graphs is not None:
-            return self._replay(key, x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        return self._step(x, y)
+        if self.graphs is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step(x, y)
+        replay, static_x, static_y, outputs = self._captured[key]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        replay()
+        return outputs
 
     def _first(self, key, x, y):
         """The first step of a batch shape: compile and capture happen here, and may fail."""
@@ -208,13 +212,6 @@ class TrainStep:
         self.optimizer.step()
         return loss.detach(), right
 
-    def _replay(self, key, x, y):
-        replay, static_x, static_y, outputs = self._captured[key]
-        static_x.copy_(x)
-        static_y.copy_(y)
-        replay()
-        return outputs
-
     def _capture(self, x, y, saved: dict):
         """Warm up, then capture forward+backward+step for this batch shape.
 
@@ -252,44 +249,26 @@ def _failing_compile(x):
 
 def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return {"model": {k: v.clone() for k, v in model.state_dict().items()},
-            "optimizer": _clone_tree(optimizer.state_dict()["state"])}
+            "optimizer": {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+                          for p, state in optimizer.state.items()}}
 
 
 def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """Copy a snapshot back in place: a captured graph holds these tensors' addresses."""
+    """Copy a snapshot back in place: a captured graph holds these tensors' addresses.
+
+    An optimizer buffer the warm-up created (none saved) is zeroed: for SGD a zero momentum
+    buffer gives exactly the first step's `buf = grad`.
+    """
     with torch.no_grad():
         for name, value in model.state_dict().items():  # detached views of the live tensors
             value.copy_(saved["model"][name])
-    _restore_optimizer(optimizer, saved["optimizer"])
-
-
-def _clone_tree(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tree(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone_tree(v) for v in obj]
-    return obj
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """Copy saved per-parameter buffers (state_dict()["state"]) back in place.
-
-    A buffer the warm-up created (no saved value) is zeroed: for SGD a zero
-    momentum buffer gives exactly the first step's `buf = grad`.
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, p in enumerate(params):
-        live = optimizer.state.get(p, {})
-        stored = saved.get(index, {})
-        for name, value in live.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            if isinstance(stored.get(name), torch.Tensor):
-                value.copy_(stored[name])
-            else:
-                value.zero_()
+        for p, state in optimizer.state.items():
+            for name, value in state.items():
+                stored = saved["optimizer"].get(p, {}).get(name)
+                if stored is not None:
+                    value.copy_(stored)
+                elif isinstance(value, torch.Tensor):
+                    value.zero_()
 
 
 def evaluate(model: torch.nn.Module, batches, speed: Speed) -> tuple[float, float]:
