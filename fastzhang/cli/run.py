@@ -115,33 +115,29 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace, resume_payload: dict | None = None) -> ExperimentConfig:
-    """The run's config; with --resume-from and no recipe, the checkpoint's settings (`resume_payload`,
-    read here unless given) under the flags."""
+def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict | None]:
+    """The run's config and the --resume-from checkpoint's payload, read once: with no recipe, the
+    checkpoint's settings under the flags given are the config (check_resumable compares them)."""
     fields = set(ExperimentConfig.__dataclass_fields__)
     given = {k: v for k, v in vars(args).items() if k in fields}
-    if args.config is not None:
-        return ExperimentConfig.from_yaml(args.config, overrides=given)
-    resume = getattr(args, "resume_from", None)
-    if resume is not None:  # the checkpoint's own settings; flags given override, check_resumable compares
+    payload = None
+    if args.resume_from is not None:
         from fastzhang.experiment import read_resume_file, resume_settings
 
-        payload = resume_payload if resume_payload is not None else read_resume_file(resume)
-        return ExperimentConfig.from_mapping({**resume_settings(payload, resume), **given},
-                                             source=f"{resume} and flags")
+        payload = read_resume_file(args.resume_from)
+    if args.config is not None:
+        return ExperimentConfig.from_yaml(args.config, overrides=given), payload
+    if payload is not None:
+        return ExperimentConfig.from_mapping({**resume_settings(payload, args.resume_from), **given},
+                                             source=f"{args.resume_from} and flags"), payload
     if "model" not in given:
         raise UsageError("run needs --config RECIPE or --model NAME (or --resume-from CHECKPOINT), "
                          "e.g. fastzhang run --config recipes/demo/mlp1_true_labels.yaml; see fastzhang run --help")
-    return ExperimentConfig.from_mapping(given, source="flags")
+    return ExperimentConfig.from_mapping(given, source="flags"), None
 
 
 def _run(args: argparse.Namespace) -> int:
-    payload = None
-    if args.resume_from is not None:  # read once: alone, its settings are the config
-        from fastzhang.experiment import read_resume_file
-
-        payload = read_resume_file(args.resume_from)
-    cfg = config_from_args(args, payload)  # a bad recipe or flag is refused before torch is even imported
+    cfg, payload = config_from_args(args)  # a bad recipe or flag is refused before torch is even imported
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
 
     opts = RunOptions(checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir, force=args.force,
@@ -173,7 +169,7 @@ def command_used(args: argparse.Namespace, cfg: ExperimentConfig | None, *extra:
         words += ["--config", str(args.config)]
     if resume:
         words += ["--resume-from", str(args.resume_from)]
-    elif args.config is None and getattr(args, "resume_from", None) is not None:
+    elif args.config is None and args.resume_from is not None:
         default = ExperimentConfig()
         given = {dest: value for dest, value in cfg.to_dict().items()
                  if value != getattr(default, dest) or dest == "model"}
