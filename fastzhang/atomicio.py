@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from fastzhang.errors import UsageError, WriteError
+from fastzhang.errors import WriteError
 
 SLOW_WRITE_ENV = "FASTZHANG_TEST_SLOW_WRITE"
 
@@ -41,7 +41,7 @@ def atomic_write(
     """
     path = Path(path)
     folder = path.parent
-    slow = _slow_write_seconds()
+    slow = float(os.environ.get(SLOW_WRITE_ENV) or 0)  # a test-only hook: no user sets it
     tmp: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,14 +81,3 @@ def fsync_dir(folder: str | Path) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def _slow_write_seconds() -> float:
-    value = os.environ.get(SLOW_WRITE_ENV)
-    if not value:
-        return 0.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise UsageError(f"{SLOW_WRITE_ENV} must be a number of seconds, got {value!r}") from None
-    return max(seconds, 0.0)

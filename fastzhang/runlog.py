@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fastzhang.log import info, warn
 
-
 _STAMP = "%Y-%m-%d %H:%M:%S"
 _STAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
@@ -32,7 +31,10 @@ class RunLog:
         self.path, self.quiet = Path(path), quiet
         self.broken = False
         # `fastzhang batch` sends a run's stderr into this very file: what goes to stderr is in the log already
-        self.stderr_is_log = _same_file(sys.stderr, self.path)
+        try:
+            self.stderr_is_log = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(self.path))
+        except (OSError, ValueError, AttributeError):  # no such file yet, or a stream without a descriptor
+            self.stderr_is_log = False
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -57,13 +59,6 @@ class RunLog:
         except OSError as e:
             self.broken = True
             warn(f"cannot write the log {self.path} ({e.strerror or e}); the run goes on without it")
-
-
-def _same_file(stream, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
-    except (OSError, ValueError, AttributeError):  # no such file yet, or a stream without a descriptor
-        return False
 
 
 # What a run says: the wording lives here, experiment.py and cli/run.py read it.

@@ -111,10 +111,6 @@ class CudaGraphs:
 FAIL_ENV = "FASTZHANG_TEST_FAIL"
 
 
-def _injected_failures() -> frozenset[str]:
-    return frozenset(part.strip() for part in os.environ.get(FAIL_ENV, "").split(",") if part.strip())
-
-
 def compile_model(model: torch.nn.Module, **options):
     """torch.compile(model, **options), once torch's pre-grad passes are imported without their warnings.
 
@@ -149,7 +145,7 @@ class TrainStep:
         self.optimizer = optimizer
         self.speed = speed
         self.on_fallback = on_fallback
-        self._fail = _injected_failures()
+        self._fail = {part.strip() for part in os.environ.get(FAIL_ENV, "").split(",")}
         # dynamic=False: one static compilation per batch shape (full and last), like the graphs.
         # The default mode: "reduce-overhead" would nest inductor's CUDA graphs in ours.
         self.forward = compile_model(model, mode=compile_mode, dynamic=False) if speed.compile else model
