@@ -8,6 +8,7 @@ every step, and returns when the run is finished or interrupted.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -233,9 +234,9 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed,
                            channels_last=speed.channels_last)
     shown = tqdm(batches, total=math.ceil(data.test_x.shape[0] / eval_size), desc=f"test {epoch}/{cfg.epochs}",
                  unit="batch", disable=quiet, leave=False, dynamic_ncols=True)
-    stopped = []
-    test_loss, test_acc = evaluate(run.model, _until_stopped(shown, stop_requested, stopped), speed)
-    if stopped:
+    # A stop request ends evaluation within a batch; the epoch is evaluated again on resume.
+    test_loss, test_acc = evaluate(run.model, itertools.takewhile(lambda _: not stop_requested(), shown), speed)
+    if stop_requested():
         return None
     seconds = sums["seconds"]
     row = {
@@ -252,12 +253,3 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed,
     run.scheduler.step()
     run.epoch, run.step_in_epoch, run.partial = epoch, 0, {}
     return row
-
-
-def _until_stopped(batches, stop_requested: Callable[[], bool], stopped: list):
-    """`batches` until a stop is requested (then `stopped` gets an entry): evaluation stops within a batch."""
-    for batch in batches:
-        if stop_requested():
-            stopped.append(True)
-            return
-        yield batch
