@@ -129,7 +129,12 @@ def _feed(h: Any, obj: Any, where: str) -> None:
     elif kind is bytes:
         _tagged(h, b"b", obj)
     elif isinstance(obj, torch.Tensor):
-        _feed_tensor(h, obj, where)
+        if obj.layout != torch.strided or obj.is_quantized:
+            raise TypeError(f"checkpoint {where}: only dense tensors can be stored, got layout {obj.layout}")
+        h.update(f"t{obj.dtype}|{tuple(obj.shape)}|".encode())
+        flat = obj.detach().to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
     elif isinstance(obj, dict):
         h.update(b"d%d:" % len(obj))
         for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
@@ -150,17 +155,6 @@ def _feed(h: Any, obj: Any, where: str) -> None:
 def _tagged(h: Any, tag: bytes, data: bytes) -> None:
     h.update(tag + b"%d:" % len(data))
     h.update(data)
-
-
-def _feed_tensor(h: Any, t, where: str) -> None:
-    import torch
-
-    if t.layout != torch.strided or t.is_quantized:
-        raise TypeError(f"checkpoint {where}: only dense tensors can be stored, got layout {t.layout}")
-    h.update(f"t{t.dtype}|{tuple(t.shape)}|".encode())
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel():
-        h.update(flat.view(torch.uint8).numpy())
 
 
 def save(payload: Mapping[str, Any], path: str | Path, *, copy_to: Sequence[str | Path] = ()) -> Path:

@@ -68,9 +68,7 @@ def usable_cores() -> int:
 def capacity(gpus: list[str], runs_per_gpu: int, max_parallel: int | None) -> int:
     """How many runs at once: K per GPU (capped by --max-parallel), else --max-parallel (default 1)."""
     check_limits(runs_per_gpu, max_parallel)
-    if gpus:
-        return min(len(gpus) * runs_per_gpu, max_parallel or len(gpus) * runs_per_gpu)
-    return max_parallel or 1
+    return min(len(gpus) * runs_per_gpu, max_parallel or len(gpus) * runs_per_gpu) if gpus else max_parallel or 1
 
 
 def chosen_threads(env: dict[str, str]) -> str | None:
@@ -102,15 +100,6 @@ def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
     if opts.force:
         cmd.append("--force")
     return cmd
-
-
-def _pick_gpu(gpus: list[str], running: list[_Running], runs_per_gpu: int) -> str | None:
-    """The least loaded GPU with room for one more run."""
-    load = {g: 0 for g in gpus}
-    for r in running:
-        load[r.gpu] += 1
-    gpu = min(gpus, key=lambda g: load[g])
-    return gpu if load[gpu] < runs_per_gpu else None
 
 
 def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, max_parallel: int | None = None,
@@ -147,8 +136,9 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
     with stop_signals(on_signal=pass_on) as stop:
         while running or (queue and stop.signum is None):
             while queue and stop.signum is None and len(running) < slots:
-                gpu = _pick_gpu(gpus, running, runs_per_gpu) if gpus else None
-                if gpus and gpu is None:
+                load = {g: sum(r.gpu == g for r in running) for g in gpus}
+                gpu = min(gpus, key=load.get) if gpus else None  # the least loaded GPU, if it has room
+                if gpus and load[gpu] >= runs_per_gpu:
                     break
                 task = queue.popleft()
                 running.append(_launch(task, opts, gpu, threads))
