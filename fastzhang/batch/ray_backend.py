@@ -52,6 +52,7 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
     from fastzhang.config import ExperimentConfig
     from fastzhang.errors import FastZhangError, LockHeld
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
+    from fastzhang.lock import ExperimentLock
 
     answer = {"pid": os.getpid(), "host": platform.node(), "results_path": None, "detail": ""}
     try:
@@ -62,13 +63,17 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
         opts = RunOptions(checkpoint_dir=Path(checkpoint_dir), results_dir=Path(results_dir), force=force, quiet=True)
         deadline = time.monotonic() + lock_grace_s
         while True:
-            _wait_for_lock(Path(checkpoint_dir), eid, deadline)
             try:
+                # Probe by taking the lock for a moment (on NFS an exclusive flock needs a file open for
+                # writing) before run_experiment loads anything; it may still be taken in between.
+                with ExperimentLock(Path(checkpoint_dir), eid):
+                    pass
                 outcome = run_experiment(cfg, opts)
                 break
-            except LockHeld:  # taken between the wait and the run
+            except LockHeld:
                 if time.monotonic() >= deadline:
                     raise
+                time.sleep(_WAIT_SECONDS)
     except Interrupted as e:
         return {**answer, "status": STOPPED, "exit_code": e.exit_code, "detail": str(e)}
     except FastZhangError as e:
@@ -76,22 +81,6 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
         return {**answer, "status": status, "exit_code": e.exit_code, "detail": str(e)}
     status = RAN if outcome.status == "trained" else SKIPPED
     return {**answer, "status": status, "exit_code": 0, "results_path": str(outcome.results_path)}
-
-
-def _wait_for_lock(checkpoint_dir: Path, eid: str, deadline: float) -> None:
-    """Until the experiment's lock is free or the deadline passes (run_experiment then says LockHeld).
-    Probes by taking the lock for a moment: on NFS an exclusive flock needs a file open for writing."""
-    from fastzhang.errors import LockHeld
-    from fastzhang.lock import ExperimentLock
-
-    while True:
-        try:
-            with ExperimentLock(checkpoint_dir, eid):
-                return
-        except LockHeld:
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(_WAIT_SECONDS)
 
 
 def _started_since(mark: Path, checkpoint_dir: Path, results_dir: Path, eid: str) -> bool:

@@ -72,16 +72,6 @@ def resolve_speed(cfg, device: torch.device) -> Speed:
     return Speed(**{name: auto[name] if getattr(cfg, name) == "auto" else getattr(cfg, name) == "on" for name in auto})
 
 
-def _forward_loss(forward, x, y, amp: bool):
-    # No autocast weight cache: each weight is cast once per forward anyway, and a cache
-    # entry made inside a CUDA-graph capture must not outlive it.
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        logits = forward(x)
-    loss = F.cross_entropy(logits.float(), y)
-    correct = (logits.argmax(dim=1) == y).sum()
-    return loss, correct
-
-
 class CudaGraphs:
     """How TrainStep warms up and captures on CUDA (a test can pass a CPU stand-in)."""
 
@@ -203,7 +193,12 @@ class TrainStep:
 
     def _step(self, x, y):
         """Forward, backward, SGD: the work a graph captures (gradients start as None)."""
-        loss, right = _forward_loss(self.forward, x, y, self.speed.amp)
+        # No autocast weight cache: each weight is cast once per forward anyway, and a cache
+        # entry made inside a CUDA-graph capture must not outlive it.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.speed.amp, cache_enabled=False):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        right = (logits.argmax(dim=1) == y).sum()
         loss.backward()
         self.optimizer.step()
         return loss.detach(), right
