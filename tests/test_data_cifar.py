@@ -12,7 +12,7 @@ from conftest import batch_dict, cifar_arrays, dump_batch, make_cifar_dir, py2_p
 from fastzhang.data import cifar
 from fastzhang.data.cifar import content_fingerprint, fingerprint
 from fastzhang.data.sources import load_dataset
-from fastzhang.errors import DataError, UsageError
+from fastzhang.errors import DataError
 
 
 def test_every_layout_loads_the_exact_arrays(cifar_any):
@@ -128,11 +128,6 @@ def test_data_dir_resolution_flag_env_default(tmp_path, monkeypatch):
 def test_load_dataset_requires_full_size_batches(cifar_python):
     with pytest.raises(DataError, match=r"data_batch_1: 'data' must be a uint8 array of shape \(10000, 3072\)"):
         load_dataset("cifar10", cifar_python.root, download=False)
-
-
-def test_unknown_dataset_name():
-    with pytest.raises(UsageError, match="dataset must be one of cifar10, cifar100, synthetic; got .mnist."):
-        load_dataset("mnist", None)
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastzhang.data import cifar, download as fetch
-from fastzhang.data.choices import DATASETS
 from fastzhang.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
-from fastzhang.errors import UsageError
 
 
 def load_dataset(name: str, data_dir: str | Path | None, *, download: bool = True,
@@ -25,17 +23,12 @@ def load_dataset(name: str, data_dir: str | Path | None, *, download: bool = Tru
     """
     if name == "synthetic":
         return make_synthetic()
-    layout, path = fetch.find_or_fetch(data_dir, _spec(name), download=download)
-    folder = fetch.extract_tarball(path, _spec(name)) if layout == "tarball" else path
-    return cifar.read_cifar(_spec(name), layout, path, folder, per_batch or cifar.PER_BATCH)
+    spec = cifar.SPECS[name]  # config.py has refused any other name
+    layout, path = fetch.find_or_fetch(data_dir, spec, download=download)
+    folder = fetch.extract_tarball(path, spec) if layout == "tarball" else path
+    return cifar.read_cifar(spec, layout, path, folder, per_batch or cifar.PER_BATCH)
 
 
 def classes(name: str) -> tuple[str, ...]:
     """The classes of data set `name` without loading it (a model's outputs, chance accuracy)."""
-    return SYNTHETIC_CLASSES if name == "synthetic" else _spec(name).classes
-
-
-def _spec(name: str) -> cifar.CifarSpec:
-    if name not in cifar.SPECS:
-        raise UsageError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    return cifar.SPECS[name]
+    return SYNTHETIC_CLASSES if name == "synthetic" else cifar.SPECS[name].classes

@@ -85,11 +85,8 @@ class CudaGraphs:
         torch.cuda.current_stream().wait_stream(side)
 
     def capture(self, fn):
-        """Record fn's kernels; returns (replay, fn's outputs, which each replay rewrites).
-
-        Thread-local capture mode: the default global mode aborts the capture when any
-        other thread (DALI's workers, a data loader) makes a CUDA call meanwhile.
-        """
+        """Record fn's kernels; returns (replay, fn's outputs, which each replay rewrites). Thread-local mode: the
+        global one aborts the capture when another thread (DALI's workers) makes a CUDA call meanwhile."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = fn()
@@ -102,11 +99,8 @@ FAIL_ENV = "FASTZHANG_TEST_FAIL"
 
 
 def compile_model(model: torch.nn.Module, **options):
-    """torch.compile(model, **options), once torch's pre-grad passes are imported without their warnings.
-
-    Those passes import torch.utils.mkldnn, whose ScriptModules say at import that
-    torch.jit.script_method is deprecated (14 warnings about torch itself, none about a run).
-    """
+    """torch.compile(model, **options), once torch's pre-grad passes are imported without the 14 warnings
+    (torch.jit.script_method is deprecated) that torch.utils.mkldnn's ScriptModules give at import."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"`torch\.jit\.script_method` is", DeprecationWarning)
         import torch._inductor.fx_passes.pre_grad  # noqa: F401
@@ -120,12 +114,10 @@ class _InjectedFailure(RuntimeError):
 class TrainStep:
     """One SGD step; accumulates the summed loss and correct count on the device.
 
-    A failed CUDA-graph capture or torch.compile must not end a long run: the first
-    step of each batch shape runs under a snapshot of the weights and optimizer state;
-    if compiling (in the first forward) or capturing fails, the state is put back, the
-    switch is turned off (graphs first, then compile: the next slower path),
-    `on_fallback(switch, reason)` is told, and the step is tried again. `speed` is
-    always the switches actually in use.
+    A failed CUDA-graph capture or torch.compile must not end a long run: the first step of
+    each batch shape runs under a snapshot of the weights and optimizer state; on failure the
+    state is put back, the switch turned off (graphs first, then compile), `on_fallback(switch,
+    reason)` told, and the step tried again. `speed` is always the switches actually in use.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, speed: Speed, *,
@@ -204,14 +196,9 @@ class TrainStep:
         return loss.detach(), right
 
     def _capture(self, x, y, saved: dict):
-        """Warm up, then capture forward+backward+step for this batch shape.
-
-        The learning rate lives in a device tensor (engine.build_run), so the
-        scheduler's per-epoch `fill_` reaches the captured step. Warm-up steps
-        change weights, BatchNorm statistics and momentum; all are copied back in
-        place afterwards (the graph holds their addresses), so capturing never
-        changes the training trajectory.
-        """
+        """Warm up, then capture forward+backward+step for this batch shape. Warm-up changes weights,
+        BatchNorm statistics and momentum: all are put back in place, so capturing never changes the
+        trajectory (the learning rate is a device tensor, engine.build_run, which the schedule updates)."""
         static_x, static_y = x.clone(), y.clone()
         with self.graphs.warmup():
             for _ in range(WARMUP_STEPS):
