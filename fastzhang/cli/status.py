@@ -190,20 +190,14 @@ def _num(value: Any, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
-def _when(stamp: float | None) -> str:
-    return "-" if stamp is None else time.strftime("%m-%d %H:%M", time.localtime(stamp))
-
-
-HEADER = ("TRAIN%", "TEST%", "BEST%", "IMG/S", "UPDATED", "ID")
-
-
 def format_table(rows: list[Row]) -> str:
     """Two lines per experiment, to fit ~100 columns: the numbers and its ID (last, so a long ID widens
     only its own line), then its state. TRAIN% and TEST%: accuracy of the last finished epoch; IMG/S:
     of that epoch (completed: the mean); UPDATED: its newest file's time."""
-    table = [HEADER] + [
+    table = [("TRAIN%", "TEST%", "BEST%", "IMG/S", "UPDATED", "ID")] + [
         (_num(r.final_train_acc), _num(r.final_test_acc), _num(r.best_test_acc), _num(r.images_per_second, ".0f"),
-         _when(r.updated), r.experiment_id) for r in rows
+         "-" if r.updated is None else time.strftime("%m-%d %H:%M", time.localtime(r.updated)), r.experiment_id)
+        for r in rows
     ]
     lines = _aligned(table).splitlines()
     for i, r in enumerate(rows, start=1):

@@ -168,12 +168,8 @@ def _check_labels(path: Path, labels: np.ndarray, n: int, spec: CifarSpec) -> np
         raise DataError(f"{path}: labels must be integers 0..{top}, found dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels > top))
     if len(bad):
-        larger = [s for s in SPECS.values() if s.num_classes > labels.max() >= spec.num_classes]
-        hint = f"; is this {larger[0].title}? (dataset: {larger[0].name})" if larger and labels.min() >= 0 else ""
-        raise DataError(
-            f"{path}: labels must be in 0..{top}; found {labels[bad[0]]} at index {bad[0]} "
-            f"({len(bad)} bad labels){hint}"
-        )
+        raise DataError(f"{path}: labels must be in 0..{top}; found {labels[bad[0]]} at index {bad[0]} "
+                        f"({len(bad)} bad labels)")
     return labels.astype(np.int64)
 
 
@@ -236,11 +232,8 @@ def arrays_from(train_x, train_y, test_x, test_y, *, source, layout, classes: tu
 
 
 def read_cifar(spec: CifarSpec, layout: str, source: str | Path, folder: str | Path, per_batch: int) -> CifarArrays:
-    """Every batch file of `folder`: `source` itself, or for a tarball the folder it was extracted into.
-
-    The test file holds exactly `per_batch` images and the training files 5 x `per_batch`
-    (10,000 in the real data sets; tests use tiny fixtures).
-    """
+    """Every batch file of `folder` (`source` itself, or a tarball's extraction): the test file holds exactly
+    `per_batch` images, the training files TRAIN_BATCHES x `per_batch`."""
     folder, files = Path(folder), "python" if layout == "tarball" else layout
     names = spec.files(files)
     missing = [str(folder / n) for n in names if not (folder / n).is_file()]
