@@ -41,10 +41,6 @@ class ExperimentLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         deadline = time.monotonic() + _RETRY_SECONDS
         while True:

@@ -84,13 +84,6 @@ class DaliLoader:
             self._pipe = _build_pipeline(dali_device, self.batch_size, self._device_id)
         return self._pipe
 
-    def _host_anchors(self, plan):
-        # DALI reads slice anchors on the host: copy a plan's offsets once, not once per step.
-        if plan is not self._plan:
-            self._anchors = plan.offsets.to("cpu", torch.int32).numpy()
-            self._plan = plan
-        return self._anchors
-
     def train_batch(self, plan, step: int, *, dtype: torch.dtype = torch.float32, channels_last: bool = False):
         """(x, y) of batch `step` (from 0) of the epoch `plan`: x whitened [B, 3, 28, 28], y int64 [B]."""
         n = self.data.train_x.shape[0]
@@ -131,5 +124,7 @@ class DaliLoader:
             pipe.feed_input("images", images, cuda_stream=stream)
         else:
             pipe.feed_input("images", images.numpy())
-        pipe.feed_input("anchors", self._host_anchors(plan)[span])
+        if plan is not self._plan:  # DALI reads slice anchors on the host: copy a plan's offsets once
+            self._anchors, self._plan = plan.offsets.to("cpu", torch.int32).numpy(), plan
+        pipe.feed_input("anchors", self._anchors[span])
         pipe.schedule_run()
