@@ -79,11 +79,9 @@ def chosen_threads(env: dict[str, str]) -> str | None:
 def worker_env(base: dict[str, str], *, gpu: str | None, threads: int) -> dict[str, str]:
     """The child's environment: its one GPU, and the user's thread count (else `threads`) in both
     variables, so torch, which follows MKL's when set, uses the count the batch announced."""
-    env = dict(base)
+    env = {**base, **dict.fromkeys(THREAD_VARS, chosen_threads(base) or str(threads))}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    count = chosen_threads(base) or str(threads)
-    env.update(dict.fromkeys(THREAD_VARS, count))
     return env
 
 
@@ -92,8 +90,7 @@ def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
            "--checkpoint-dir", str(opts.checkpoint_dir), "--results-dir", str(opts.results_dir)]
     if task.config.data_dir is not None:
         cmd += ["--data-dir", task.config.data_dir]
-    device = pinned_device(task.config) if pinned else None
-    if device:
+    if pinned and (device := pinned_device(task.config)):
         cmd += ["--device", device]
     if task.config.use_wandb:
         cmd.append("--use_wandb")

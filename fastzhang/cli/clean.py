@@ -118,9 +118,16 @@ def _carry_out(args, plan: dict[str, list[Path]]) -> int:
         print(f"  {line}")
     if args.dry_run:
         return 0
-    if not args.yes and not _confirm(len(doomed)):
-        print("nothing deleted")
-        return 1
+    if not args.yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise UsageError("clean: refusing to delete without confirmation (stdin is not a terminal); pass --yes")
+        try:
+            answer = input(f"delete these {len(doomed)} files? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
     for done, path in enumerate(doomed):
         try:
             path.unlink(missing_ok=True)
@@ -132,13 +139,3 @@ def _carry_out(args, plan: dict[str, list[Path]]) -> int:
 
 def _bytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB ({n:,} bytes)" if n >= 1e5 else f"{n:,} bytes"
-
-
-def _confirm(count: int) -> bool:
-    if sys.stdin is None or not sys.stdin.isatty():
-        raise UsageError("clean: refusing to delete without confirmation (stdin is not a terminal); pass --yes")
-    try:
-        answer = input(f"delete these {count} files? [y/N] ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("y", "yes")
