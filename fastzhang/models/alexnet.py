@@ -10,11 +10,6 @@ from torch import nn
 from fastzhang.models.lrn import LocalResponseNorm
 
 
-def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
-    # tf.truncated_normal: redraw anything beyond two standard deviations.
-    nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
-
-
 class SmallAlexNet(nn.Module):
     """conv5x5(64) -> maxpool3x3/2 -> LRN -> conv5x5(64) -> LRN -> maxpool3x3/2 -> fc 384 -> 192 -> classes.
 
@@ -48,7 +43,8 @@ class SmallAlexNet(nn.Module):
             (self.fc2, 0.04, 0.1),
             (self.fc3, 1.0 / 192.0, 0.0),
         ):
-            _trunc_normal(layer.weight, std)
+            # tf.truncated_normal: redraw anything beyond two standard deviations.
+            nn.init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
             layer.bias.fill_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

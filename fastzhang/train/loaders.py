@@ -81,18 +81,15 @@ def make_loader(name: str, data: batches.ResidentData, batch_size: int, *, dtype
             x = fused_preprocess(data.train_x, index, plan.offsets[span], dtype=dtype, channels_last=channels_last)
             return x, data.train_y.index_select(0, index)
 
-        problem = _first_batch_problem(fused, plain, data) if name == "auto" else None
-        return Loader("torch", plain, fallback=f"triton: {problem}") if problem else Loader(used, fused)
+        if name == "auto":
+            # Picked unasked, the kernel is proven on one batch first: a new GPU or Triton version
+            # must neither end a run nor train on wrong inputs.
+            plan = batches.epoch_plan(0, 1, data.num_train, True, data.device)
+            try:
+                got, want = fused(plan, 0), plain(plan, 0)
+                torch.testing.assert_close(got[0], want[0], atol=1e-5,
+                                           rtol=1.6e-2 if got[0].dtype == torch.bfloat16 else 0)
+            except Exception as e:  # a compile error, or an AssertionError naming the mismatch
+                return Loader("torch", plain, fallback=f"triton: {one_line(e)}")
+        return Loader(used, fused)
     return Loader(used, plain)
-
-
-def _first_batch_problem(fused, plain, data: batches.ResidentData) -> str | None:
-    """Why the kernel cannot be trusted here (it fails to compile, or its batch differs), or None: `auto` picks
-    it unasked, and a new GPU or Triton version must neither end a run nor train on wrong inputs."""
-    plan = batches.epoch_plan(0, 1, data.num_train, True, data.device)
-    try:
-        got, want = fused(plan, 0), plain(plan, 0)
-        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1.6e-2 if got[0].dtype == torch.bfloat16 else 0)
-    except Exception as e:  # a compile error, or an AssertionError naming the mismatch
-        return one_line(e)
-    return None
