@@ -107,31 +107,16 @@ def local_response_norm(
 
 
 class LocalResponseNorm(nn.Module):
-    """TensorFlow-convention LRN (alpha multiplies the plain sum); no parameters."""
-
-    def __init__(
-        self,
-        depth_radius: int = TF_DEPTH_RADIUS,
-        bias: float = TF_BIAS,
-        alpha: float = TF_ALPHA,
-        beta: float = TF_BETA,
-    ) -> None:
-        super().__init__()
-        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+    """The TensorFlow CIFAR-10 tutorial's LRN (alpha multiplies the plain sum); no parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.depth_radius, self.bias, self.alpha, self.beta)
+        return local_response_norm(x)
 
     def extra_repr(self) -> str:
-        return f"depth_radius={self.depth_radius}, bias={self.bias}, alpha={self.alpha:.6g}, beta={self.beta}"
+        return f"depth_radius={TF_DEPTH_RADIUS}, bias={TF_BIAS}, alpha={TF_ALPHA:.6g}, beta={TF_BETA}"
 
 
-def torch_equivalent(
-    depth_radius: int = TF_DEPTH_RADIUS,
-    bias: float = TF_BIAS,
-    alpha: float = TF_ALPHA,
-    beta: float = TF_BETA,
-) -> nn.LocalResponseNorm:
+def torch_equivalent() -> nn.LocalResponseNorm:
     """The same layer as PyTorch's nn.LocalResponseNorm (which divides alpha by the window size)."""
-    size = 2 * depth_radius + 1
-    return nn.LocalResponseNorm(size=size, alpha=alpha * size, beta=beta, k=bias)
+    size = 2 * TF_DEPTH_RADIUS + 1
+    return nn.LocalResponseNorm(size=size, alpha=TF_ALPHA * size, beta=TF_BETA, k=TF_BIAS)
