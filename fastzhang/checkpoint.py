@@ -252,8 +252,7 @@ def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | No
     to a good one is quarantined with a warning (so the next save cannot rotate it over the good
     one); when every existing file is damaged, `CheckpointError` names them all, nothing touched.
     """
-    path = Path(path)
-    prev = prev_path(path)
+    path, prev = Path(path), prev_path(path)
     found: dict[Path, dict[str, Any]] = {}
     damaged: dict[Path, CheckpointCorrupt] = {}
     for candidate in (path, prev):
@@ -262,14 +261,12 @@ def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | No
                 found[candidate] = load(candidate)
             except CheckpointCorrupt as e:
                 damaged[candidate] = e
-    if not found and not damaged:
-        return None
     if not found:
         listed = "; ".join(f"{p}: {e.reason}" for p, e in damaged.items())
-        raise CheckpointError(
-            f"no usable checkpoint ({listed}); nothing was deleted: inspect or remove these files, "
-            "or pass --force to start the experiment over"
-        )
+        if damaged:
+            raise CheckpointError(f"no usable checkpoint ({listed}); nothing was deleted: inspect or remove these "
+                                  "files, or pass --force to start the experiment over")
+        return None
     used = path if path in found else prev
     for bad, e in damaged.items():
         kept = quarantine(bad)

@@ -61,8 +61,9 @@ class ExperimentLock:
                                f"({who}lock file {self.path}); wait for it or stop it") from None
             # The file may have been removed (by `clean`) between open and flock; a
             # lock on an unlinked inode excludes nobody, so start over on the new file.
-            if _still_named(fd, self.path):
-                break
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), self.path.stat()):
+                    break
             os.close(fd)
         with contextlib.suppress(OSError):  # the pid is only for messages; holding the lock is what matters
             os.ftruncate(fd, 0)
@@ -76,15 +77,6 @@ class ExperimentLock:
             os.ftruncate(self._fd, 0)
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
-
-
-def _still_named(fd: int, path: Path) -> bool:
-    try:
-        named = path.stat()
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def holder_pid(path: str | Path) -> int | None:
@@ -115,7 +107,4 @@ def is_held(checkpoint_dir: str | Path, experiment_id: str) -> bool:
 
 
 def ids_with_lock_files(checkpoint_dir: str | Path) -> set[str]:
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return set()
-    return {p.name[: -len(LOCK_SUFFIX)] for p in folder.glob(f"*{LOCK_SUFFIX}") if p.is_file()}
+    return {p.name[: -len(LOCK_SUFFIX)] for p in Path(checkpoint_dir).glob(f"*{LOCK_SUFFIX}") if p.is_file()}
