@@ -1,14 +1,10 @@
 """Write a file so that its final name only ever holds a complete file.
 
-The data goes to a hidden temporary file in the same folder (`.{name}.XXXXXXXX.tmp`),
-is flushed and fsynced, then `os.replace`d onto the final name and the folder is
-fsynced so the rename itself survives a power cut. A crash at any moment leaves
-either the old file or the new one at the final name, plus at worst a stale
-`.tmp` file. A failed write (disk full, permissions, read-only folder) removes
-the temporary file, leaves the previous file untouched and raises `WriteError`.
-
-Test-only hook: FASTZHANG_TEST_SLOW_WRITE=seconds makes every write sleep that long
-between writing the data and fsyncing it, so a test can kill a process mid-write.
+The data goes to a hidden temporary file in the same folder (`.{name}.XXXXXXXX.tmp`), is
+fsynced, then `os.replace`d onto the final name, and the folder is fsynced so the rename
+survives a power cut: a crash leaves the old file or the new one, at worst beside a stale
+`.tmp`. A failed write removes the temporary file, leaves the old one and raises `WriteError`.
+Test-only hook: FASTZHANG_TEST_SLOW_WRITE=seconds sleeps before the fsync (to kill a process mid-write).
 """
 
 from __future__ import annotations

@@ -100,14 +100,10 @@ def _kind_key(config: dict, kind: str) -> tuple:
 
 
 class EpochClock:
-    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far.
-
-    Two sources: the training and test seconds of each epoch (`epoch_times` of results files
-    and checkpoints), and, better where a running batch has it, the wall time per epoch of its
-    own finished runs (`finished`), which also counts checkpoints and start-up. `time_left`,
-    a running batch's estimate, reads where every task stands once, at its first call (a queued
-    checkpoint does not change), then learns only from the batch's own runs.
-    """
+    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far: the training
+    and test seconds of each epoch (results files, checkpoints) or, better, a running batch's wall time per
+    epoch of its own finished runs (`finished`: it counts checkpoints and start-up too). `time_left` reads
+    where every task stands once, at its first call (a queued checkpoint does not change)."""
 
     def __init__(self, gpus_visible: bool, opts: BatchOptions | None = None, at_once: int = 1):
         self.gpus_visible, self.opts, self.at_once = gpus_visible, opts, at_once

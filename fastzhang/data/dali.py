@@ -1,16 +1,12 @@
 """The DALI loader (`--loader dali`): the batches of data.batches, preprocessed by DALI.
 
-The epoch plan still decides everything random: the loader gathers the step's images on
-the data's device and feeds them with the plan's crop offsets to a DALI pipeline (on the
-GPU of `device`, or CPU-only), which crops, scales by 1/255 and whitens each image with
-`preprocess`'s formula. A batch is a function of (seed, epoch, step) alone, equal to
-`preprocess`'s within float32 rounding (1e-5).
-
-Feeding ahead: when step k is asked for, the loader hands it out and at once gathers,
-feeds and schedules step k + 1 on torch's stream, so DALI preprocesses step k + 1 while
-step k trains (one batch ahead is what prefetch_queue_depth=1 holds). A request for any
-other step (a resume, random access) first takes out unused the batch fed ahead. DALI
-launches its own kernels on its own stream: never call `train_batch` inside a capture.
+The epoch plan still decides everything random: the step's images, gathered on the data's
+device, and the plan's crop offsets feed a DALI pipeline (on the GPU of `device`, or CPU-only)
+that crops, scales and whitens with `preprocess`'s formula (equal within float32 rounding).
+Feeding ahead: step k is handed out and step k + 1 at once gathered, fed and scheduled on
+torch's stream, so DALI preprocesses it while step k trains (prefetch_queue_depth=1); any
+other request (a resume) first drops the batch fed ahead. Never call `train_batch` inside a
+captured CUDA graph: DALI launches its own kernels.
 """
 
 from __future__ import annotations

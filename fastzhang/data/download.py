@@ -126,10 +126,8 @@ def refuse_other_data_set(root: Path, spec: CifarSpec) -> None:
 
 
 def nothing_found(root: Path, spec: CifarSpec) -> str:
-    return (
-        f"no {spec.title} in {root}: put {spec.tarball}, {spec.folders['python']}/ or {spec.folders['binary']}/ "
-        "there, or point --data-dir / FASTZHANG_DATA at a folder that has them"
-    )
+    return (f"no {spec.title} in {root}: put {spec.tarball}, {spec.folders['python']}/ or {spec.folders['binary']}/ "
+            "there, or point --data-dir / FASTZHANG_DATA at a folder that has them")
 
 
 def extract_tarball(tarball: str | Path, spec: CifarSpec) -> Path:
