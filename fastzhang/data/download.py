@@ -16,13 +16,13 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
-from urllib.error import URLError
 from urllib.request import urlopen
 
 from tqdm import tqdm
 
+from fastzhang.atomicio import atomic_write
 from fastzhang.data.cifar import LAYOUTS, SPECS, CifarSpec
-from fastzhang.errors import DataError
+from fastzhang.errors import DataError, WriteError
 from fastzhang.log import info
 
 # The official releases; read at call time (`official`), so tests point them at a local server.
@@ -190,37 +190,32 @@ def _extract_members(tarball: Path, dest: Path, spec: CifarSpec) -> None:
 
 
 def fetch_tarball(root: str | Path, spec: CifarSpec) -> Path:
-    """Download `spec`'s official tarball into `root` (progress bar on stderr, md5 checked)."""
-    root = Path(root)
-    url, md5 = official(spec)
-    tarball = spec.tarball
-    dest = root / tarball
+    """Download `spec`'s official tarball into `root` (progress bar on stderr), written atomically (atomicio):
+    it takes its name only once its md5 is checked."""
+    root, (url, md5), tarball = Path(root), official(spec), spec.tarball
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{tarball}.", suffix=".part", dir=root)
     except OSError as e:
         raise DataError(f"{root}: no {spec.title} here and cannot download into it ({e.strerror or e}); "
                         f"put {tarball} there or choose another --data-dir") from None
     info(f"no {spec.title} in {root}; downloading {url}")
-    h = hashlib.md5(usedforsecurity=False)
-    try:
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=60) as response:
+
+    def download(out) -> None:
+        h = hashlib.md5(usedforsecurity=False)
+        with urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=tarball) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     h.update(chunk)
                     bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
         if (got := h.hexdigest()) != md5:
             raise DataError(f"{url}: downloaded file has md5 {got}, expected {md5}; discarded it. "
                             f"Retry, or put {tarball} in {root} yourself")
-        os.replace(tmp, dest)
-    except (URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e.strerror or e
+
+    try:
+        atomic_write(root / tarball, download, what=f"{spec.title} tarball")
+    except WriteError as e:  # the network's errors (URLError) are OSErrors too
+        reason = getattr(e.__cause__, "reason", None) or e.__cause__.strerror or e.__cause__
         raise DataError(f"cannot download {spec.title} from {url} ({reason}); {nothing_found(root, spec)}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    return root / tarball
