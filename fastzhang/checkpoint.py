@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fastzhang.atomicio import atomic_write, fsync_dir
-from fastzhang.errors import CheckpointError, WriteError
+from fastzhang.errors import CheckpointError, WriteError, one_line
 from fastzhang.log import warn
 
 FORMAT = "fastzhang-checkpoint"
@@ -160,10 +160,7 @@ def _tagged(h: Any, tag: bytes, data: bytes) -> None:
 def save(payload: Mapping[str, Any], path: str | Path, *, copy_to: Sequence[str | Path] = ()) -> Path:
     """Write `payload` (plus format, format_version, checksum) atomically to `path`, the file there becoming
     `{stem}.prev.pth`; `copy_to` (the best checkpoint, a snapshot) get the same bytes first, without a .prev.
-
-    Raises `WriteError` on disk full / permissions (old files intact), `TypeError` for a value
-    that `torch.load(weights_only=True)` could not read back.
-    """
+    `WriteError` on disk full / permissions (old files intact), `TypeError` for what weights_only cannot read."""
     import torch
 
     path = Path(path)
@@ -221,8 +218,7 @@ def _load_failure(e: Exception) -> str:
         what = "it holds objects other than tensors and plain values" if "global" in detail.lower() else (
             "not a readable torch file")
         return f"{what} ({detail}; refused unread by the weights-only loader)"
-    first = text.strip().splitlines()[0] if text.strip() else "no details"
-    return f"not a readable torch file ({type(e).__name__}: {first[:160]})"
+    return f"not a readable torch file ({one_line(e, 160)})"
 
 
 def _payload_problem(payload: Any) -> str | None:

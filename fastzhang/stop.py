@@ -41,12 +41,9 @@ class StopFlag:
 @contextmanager
 def stop_signals(*, on_signal: Callable[[int], None] | None = None,
                  interrupt_on_second: bool = False) -> Iterator[StopFlag]:
-    """Handle SIGTERM / SIGINT while inside; the previous handlers come back on exit.
-
-    `on_signal(signum)` is called for every signal (a batch passes each one on);
-    `interrupt_on_second` raises KeyboardInterrupt on a second signal (a run). Outside the
-    main thread (a Ray worker's task thread) no signal reaches Python: the flag stays unset.
-    """
+    """Handle SIGTERM / SIGINT while inside (the previous handlers come back on exit): `on_signal(signum)` for
+    every signal (a batch passes each on), KeyboardInterrupt on a second one if `interrupt_on_second` (a run).
+    Outside the main thread (a Ray worker's task thread) no signal reaches Python: the flag stays unset."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag

@@ -46,9 +46,7 @@ class Intent:
 
 def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> list[Intent]:
     """Where each task stands now; reads results, locks and checkpoints (each once), writes nothing.
-
-    `ours`: the batch runs these itself right now, so a held lock is its own run's.
-    """
+    `ours`: the batch runs these itself right now, so a held lock is its own run's."""
     from fastzhang import checkpoint, lock, results
     from fastzhang.train.state import progress
 
@@ -71,10 +69,9 @@ def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> lis
 
 
 def refusal(task: Task, gpus_visible: bool | None) -> tuple[str | None, str | None]:
-    """(why the run would be refused before training, a note on its data) as far as can be known
-    without loading anything: a CUDA device where none is visible (`gpus_visible` None: a Ray cluster's,
-    unknown here), a data folder named but missing or holding the other data set; data absent is a note,
-    the run downloads it."""
+    """(why the run would be refused, a note on its data), known without loading anything: a CUDA device
+    where none is visible (`gpus_visible` None: a Ray cluster's, unknown), a data folder named but missing
+    or holding the other data set; absent data is a note (the run downloads it)."""
     from fastzhang.data import download
     from fastzhang.data.cifar import SPECS
     from fastzhang.errors import DataError

@@ -191,11 +191,8 @@ def _finished(r: _Running, stop_signal: int | None, opts: BatchOptions) -> RunRe
 
 
 def trained_by(results_dir: Path, experiment_id: str, pid: int) -> bool:
-    """Whether the run `pid` (on this host), which exited 0, trained the experiment.
-
-    `fastzhang run` exits 0 also when it found the experiment completed: then the newest completed
-    results file names another writer. With no completed file at all (deleted meanwhile), it trained.
-    """
+    """Whether the run `pid` (on this host), which exited 0, trained the experiment: it exits 0 also when it
+    found it completed, and then the newest completed results file (if any is left) names another writer."""
     found = results.find_completed(results_dir, experiment_id, report=False)
     if found is None:
         return True

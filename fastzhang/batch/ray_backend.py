@@ -41,10 +41,8 @@ def import_ray():
 
 def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: str | None,
              lock_grace_s: float = LOCK_GRACE_SECONDS, threads: str | None = None) -> dict:
-    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}.
-
-    `threads`: the count the user set on the driver (a worker's environment is Ray's, 1 thread per CPU).
-    """
+    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}. `threads`: the count
+    the user set on the driver (a worker's environment is Ray's, 1 thread per CPU)."""
     if threads:
         import torch
 

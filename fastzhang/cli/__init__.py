@@ -19,10 +19,8 @@ SUBCOMMANDS = ("run", "status", "clean", "batch", "report", "models", "data")
 
 
 class Parser(argparse.ArgumentParser):
-    """Bad flags get one line and exit code 2, like every other bad input.
-
-    Abbreviations are off: `--epoch 3` is an error, not a silent `--epochs 3`.
-    """
+    """Bad flags get one line and exit code 2, like every other bad input; `--epoch 3` is an error, not a
+    silent `--epochs 3` (no abbreviations)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)

@@ -1,12 +1,10 @@
 """`fastzhang clean`: delete experiments' checkpoints (and results) after confirmation.
 
-Deletes, per experiment: the latest, previous and best checkpoints, snapshots, damaged
-files kept as `.corrupt-*`, temporary files a killed writer left, its log, the lock file,
-and (unless --checkpoints-only) the results files; --completed frees only the checkpoints
-of completed experiments. An ID with no files is refused (exit 2, the closest known ID
-named) before anything is deleted. It lists the files first and asks; without a terminal
-it refuses unless --yes. An experiment whose lock a running process holds is never
-touched: `clean` holds each lock until the files are gone, so no run can start halfway.
+Deletes, per experiment, its checkpoint files (checkpoint.experiment_files: damaged and stale
+ones too), its log, the lock file and (unless --checkpoints-only) the results files; --completed
+frees only completed experiments' checkpoints. An unknown ID is refused (exit 2, the closest
+named) before anything is deleted; it lists the files and asks (no terminal: only with --yes).
+An experiment a running process holds is never touched: `clean` holds each lock until the end.
 """
 
 from __future__ import annotations
@@ -89,11 +87,8 @@ def all_ids(checkpoint_dir: Path, entries: list) -> list[str]:
 
 
 def _hold_lock(stack: contextlib.ExitStack, checkpoint_dir: Path, ident: str) -> None:
-    """Take the experiment's lock until the end if it has a lock file (LockHeld if a run holds it).
-
-    A run always creates its lock file first, so an experiment without one has no
-    run to protect and gets no new lock file from us.
-    """
+    """Take the experiment's lock until the end if it has a lock file (LockHeld if a run holds it): a run
+    creates its lock file first, so one without has no run to protect and gets no new lock file from us."""
     from fastzhang import lock
 
     if lock.lock_path(checkpoint_dir, ident).is_file():

@@ -195,12 +195,14 @@ def completion_block(outcome, args, cfg: ExperimentConfig) -> str:
     from fastzhang.results import how_it_ended  # orjson: not at every CLI start
 
     clean = shlex.join(["fastzhang", "clean", outcome.experiment_id, *output_words(args)])
+    shown = str(outcome.results_path)  # as the user's examples show it: ./results/... when relative
+    shown = shown if outcome.results_path.is_absolute() or shown.startswith(".") else f"./{shown}"
     r = outcome.results
     m = r.get("metrics", {})
     bar = "=" * 44
     return "\n".join([
         bar, "⚠️  EXPERIMENT ALREADY COMPLETED", bar,
-        f"Results file: {_shown(outcome.results_path)}", "",
+        f"Results file: {shown}", "",
         # Deleting only the results file re-runs nothing: the final checkpoint rewrites it.
         "To re-run this experiment, either:",
         f"  1. Add --force flag (keeps the old results): {command_used(args, cfg, '--force')}",
@@ -214,9 +216,3 @@ def completion_block(outcome, args, cfg: ExperimentConfig) -> str:
         f"  Ended: {how_it_ended(r)}",
         f"  Completed: {runlog.readable_time(r.get('timestamp'))}",
     ])
-
-
-def _shown(path: Path) -> str:
-    """Paths as the user's examples show them: ./results/... when relative."""
-    text = str(path)
-    return text if path.is_absolute() or text.startswith(".") else f"./{text}"

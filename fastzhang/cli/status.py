@@ -103,11 +103,9 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     log = checkpoint.log_path(checkpoint_dir, ident)
     snapshots = len(checkpoint.snapshots(checkpoint_dir, ident))
     if done and not held:
-        payload = done[-1].payload
-        metrics = payload["metrics"]
-        state = "completed"
-        if payload["stopped_early"]:
-            state += f" (stopped at epoch {payload['total_epochs']} of {payload['target_epochs']})"
+        payload, metrics = done[-1].payload, done[-1].payload["metrics"]
+        state = "completed" + (f" (stopped at epoch {payload['total_epochs']} of {payload['target_epochs']})"
+                               if payload["stopped_early"] else "")
         return Row(ident, state, metrics["best_test_acc"], metrics["final_test_acc"], done[-1].path.name,
                    final_train_acc=metrics["final_train_acc"],
                    images_per_second=payload["throughput"]["mean_images_per_second"],
@@ -140,9 +138,8 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     if seen is None:
         return Row(ident, state, None, None, results_name, problems, updated=updated, snapshots=snapshots)
     best = seen.best_test_acc if seen.last_test_acc is not None else None  # 0.0 before the first epoch
-    return Row(ident, state, best, seen.last_test_acc, results_name, problems,
-               final_train_acc=seen.last_train_acc, images_per_second=seen.images_per_second, updated=updated,
-               metrics=seen.metrics, snapshots=snapshots)
+    return Row(ident, state, best, seen.last_test_acc, results_name, problems, seen.last_train_acc,
+               seen.images_per_second, updated, seen.metrics, snapshots)
 
 
 def _newest(*paths: Path | None) -> float | None:

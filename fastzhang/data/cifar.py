@@ -124,11 +124,8 @@ class CifarArrays:
 
 
 def fingerprint(train_images, train_labels, test_images, test_labels) -> str:
-    """sha256 hex of the header `fastzhang-data-v1 {n_train} {n_test}\\n`, then the bytes of the train
-    images (uint8 [N, 3, 32, 32]), train labels (little-endian int64), test images, test labels.
-
-    It changes with the images' order, so it names one exact file set.
-    """
+    """sha256 hex of the header `fastzhang-data-v1 {n_train} {n_test}\\n`, then the bytes of the train images
+    (uint8 [N, 3, 32, 32]), train labels (little-endian int64), test images, test labels: one exact file set."""
     h = hashlib.sha256(f"fastzhang-data-v1 {len(train_labels)} {len(test_labels)}\n".encode())
     for arr, dtype in ((train_images, np.uint8), (train_labels, "<i8"), (test_images, np.uint8), (test_labels, "<i8")):
         h.update(memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B"))
@@ -148,12 +145,9 @@ def _sorted_digests(images: np.ndarray, labels: np.ndarray) -> bytes:
 
 
 def content_fingerprint(train_images, train_labels, test_images, test_labels) -> str:
-    """Order-independent sha256 hex: the official release and any reshuffled copy of it share it.
-
-    Each image's record (its label as one byte, then its 3072 pixel bytes) is hashed; the
-    result hashes the header `fastzhang-content-v1 {n_train} {n_test}\\n`, the sorted train
-    digests and the sorted test digests.
-    """
+    """Order-independent sha256 hex, shared by the official release and any reshuffled copy: each image's record
+    (its label as one byte, then its 3072 pixel bytes) is hashed; the result hashes the header
+    `fastzhang-content-v1 {n_train} {n_test}\\n`, the sorted train digests and the sorted test digests."""
     h = hashlib.sha256(f"fastzhang-content-v1 {len(train_labels)} {len(test_labels)}\n".encode())
     h.update(_sorted_digests(train_images, train_labels))
     h.update(_sorted_digests(test_images, test_labels))

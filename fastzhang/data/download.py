@@ -45,17 +45,13 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def refuse_missing_named_folder(root: Path, data_dir: str | Path | None, spec: CifarSpec) -> None:
-    """DataError if the user named `root` (flag or $FASTZHANG_DATA) and it does not exist.
-
-    A download into it would hide what is most likely a typo behind minutes of network and 170 MB.
-    """
+    """DataError if the user named `root` (flag or $FASTZHANG_DATA) and it does not exist: a download into it
+    would hide what is most likely a typo behind minutes of network and 170 MB."""
     named = data_dir or os.environ.get("FASTZHANG_DATA")
     if named and not os.path.lexists(root):
         source = "--data-dir / data_dir" if data_dir else "FASTZHANG_DATA"
-        raise DataError(
-            f"{root}: no such folder (named by {source}); fix the path, or create the folder "
-            f"to download {spec.title} into it"
-        )
+        raise DataError(f"{root}: no such folder (named by {source}); fix the path, or create the folder "
+                        f"to download {spec.title} into it")
 
 
 def cache_dir() -> Path:
@@ -67,11 +63,8 @@ def cache_dir() -> Path:
 
 
 def find_or_fetch(data_dir: str | Path | None, spec: CifarSpec, *, download: bool = True) -> tuple[str, Path]:
-    """(layout, batches folder or tarball) of `spec`'s data set in the data folder, downloaded there when absent.
-
-    DataError when it is absent and `download` is off, the folder was named but does not
-    exist, or it is the other data set's batches folder or tarball.
-    """
+    """(layout, batches folder or tarball) of `spec`'s data set in the data folder, downloaded there when absent;
+    DataError when it is absent and `download` is off, or the folder is named but missing or the other data set's."""
     root = resolve_data_dir(data_dir)
     found = locate(root, spec)
     if found is not None:
@@ -108,10 +101,8 @@ def locate(root: str | Path, spec: CifarSpec) -> tuple[str, Path] | None:
 
 
 def refuse_other_data_set(root: Path, spec: CifarSpec) -> None:
-    """DataError if `root` is another data set's tarball or batches folder (by name, or holding all its files).
-
-    Without this, CIFAR-10 asked of a CIFAR-100 folder would be downloaded into it.
-    """
+    """DataError if `root` is another data set's tarball or batches folder (by name, or holding all its files),
+    into which, say, CIFAR-10 asked of a CIFAR-100 folder would otherwise be downloaded."""
     root = _absolute(root)
     for other in SPECS.values():
         if other is spec:

@@ -51,11 +51,8 @@ class Run:
 
 
 def build_run(cfg, device: torch.device, speed: Speed) -> Run:
-    """Fresh model, SGD with momentum, and the per-epoch exponential decay of Appendix A.
-
-    Weight decay, when set, applies to every trainable tensor (PyTorch's SGD
-    convention); the paper gives no value (recipes state 5e-4 as a choice).
-    """
+    """Fresh model, SGD with momentum, and the per-epoch exponential decay of Appendix A. Weight decay applies
+    to every trainable tensor (PyTorch's SGD convention); the paper gives no value (recipes choose 5e-4)."""
     model = build_model(cfg.model, num_classes=len(classes(cfg.dataset)), seed=cfg.seed).to(device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
