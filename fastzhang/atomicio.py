@@ -1,28 +1,23 @@
 """Write a file so that its final name only ever holds a complete file.
 
-The data goes to a hidden temporary file in the same folder (`.{name}.XXXXXXXX.tmp`),
-is flushed and fsynced, then `os.replace`d onto the final name and the folder is
-fsynced so the rename itself survives a power cut. A crash at any moment leaves
-either the old file or the new one at the final name, plus at worst a stale
-`.tmp` file. A failed write (disk full, permissions, read-only folder) removes
-the temporary file, leaves the previous file untouched and raises `WriteError`.
-
-Test-only hook: when the environment variable FASTZHANG_TEST_SLOW_WRITE is set to
-a number of seconds, every write sleeps that long after the data is written and
-before it is fsynced and renamed, so a test can kill the process in the middle of
-a checkpoint write. Never set it outside tests.
+The data goes to a hidden temporary file in the same folder (`.{name}.XXXXXXXX.tmp`), is
+fsynced, then `os.replace`d onto the final name, and the folder is fsynced so the rename
+survives a power cut: a crash leaves the old file or the new one, at worst beside a stale
+`.tmp`. A failed write removes the temporary file, leaves the old one and raises `WriteError`.
+Test-only hook: FASTZHANG_TEST_SLOW_WRITE=seconds sleeps before the fsync (to kill a process mid-write).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from fastzhang.errors import UsageError, WriteError
+from fastzhang.errors import WriteError
 
 SLOW_WRITE_ENV = "FASTZHANG_TEST_SLOW_WRITE"
 
@@ -42,13 +37,17 @@ def atomic_write(
     """
     path = Path(path)
     folder = path.parent
-    slow = _slow_write_seconds()
-    tmp: str | None = None
+    slow = float(os.environ.get(SLOW_WRITE_ENV) or 0)  # a test-only hook: no user sets it
+    tmp: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        name = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        # 0666 less the umask, as for any new file; a replaced file's own mode is kept.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        tmp = name
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _file_mode(path))
+            if path.exists():
+                os.fchmod(f.fileno(), path.stat().st_mode & 0o7777)
             write_fn(f)
             f.flush()
             if slow:
@@ -63,7 +62,8 @@ def atomic_write(
         raise WriteError(f"cannot write {what} {path}: {e.strerror or e}") from e
     finally:
         if tmp is not None:
-            _remove_quietly(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -77,41 +77,3 @@ def fsync_dir(folder: str | Path) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def _file_mode(path: Path) -> int:
-    """mkstemp creates 0600 files; give the new file the old file's mode, else 0666 & ~umask."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    # Reading the umask through os.umask() would change process state for a moment.
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-def _slow_write_seconds() -> float:
-    value = os.environ.get(SLOW_WRITE_ENV)
-    if not value:
-        return 0.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise UsageError(f"{SLOW_WRITE_ENV} must be a number of seconds, got {value!r}") from None
-    return max(seconds, 0.0)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -1,26 +1,17 @@
-"""Checkpoints that are written atomically, verified on load and never lost.
+"""Checkpoints that are written atomically, verified on load and never lost; their file names.
 
-A checkpoint is a plain dict (its schema: train/state.py) saved with `torch.save`,
-so `torch.load(path, weights_only=True)` reads it without running any code. On
-top of that:
-
-* `save` adds `format`, `format_version` and a `checksum`: sha256 over a canonical
-  walk of the payload (dict keys sorted; tensors as dtype, shape and raw bytes).
-  The zip container has no integrity check of its own: a flipped bit in tensor
-  data loads silently, so the checksum is what catches it.
-* `save` writes through `atomic_write` and, just before the new file takes the
-  final name, rotates the current one to `{stem}.prev.pth`. A crash between the
-  two renames leaves no latest file but a good `.prev`, which `load_latest` uses.
-* File names live here too (`latest_path`, `best_path`, `log_path`); importing this module
-  does not import torch, so code that only names files stays fast.
-* `load` refuses anything that is not an intact fastzhang checkpoint with
-  `CheckpointCorrupt`; `load_latest` falls back to `.prev` and moves a damaged file
-  aside as `{name}.corrupt-{YYYYmmdd_HHMMSS}` (kept for inspection, never deleted,
-  never rotated into `.prev`).
+A checkpoint is a plain dict (its schema: train/state.py) saved with `torch.save`, so
+`torch.load(path, weights_only=True)` reads it without running any code. `save` adds a
+`checksum` (the zip container has none of its own: a flipped bit in tensor data would load
+silently) and rotates the current file to `{stem}.prev.pth` just before the new one takes
+its name; a crash between the two renames leaves a good `.prev`, which `load_latest` uses.
+A damaged file is moved aside as `{name}.corrupt-{YYYYmmdd_HHMMSS}`, never deleted. Importing
+this module does not import torch, so code that only names files stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -33,19 +24,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fastzhang.atomicio import atomic_write, fsync_dir
-from fastzhang.errors import CheckpointError, WriteError
+from fastzhang.errors import CheckpointError, WriteError, one_line
 from fastzhang.log import warn
 
 FORMAT = "fastzhang-checkpoint"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
 
-_KINDS = r"(?:(?:checkpoint|best)(?:\.prev)?|epoch\d{3,})\.pth"  # latest, best, their .prev, snapshots
-_CORRUPT = r"\.corrupt-\d{8}_\d{6}(?:_\d+)?"
-_ANY_ID_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:{_CORRUPT})?$")
-_ANY_ID_TMP_RE = re.compile(rf"^\.(?P<id>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
-
-
+# An experiment's checkpoint files: latest, best, their .prev, snapshots; damaged ones kept as .corrupt-*,
+# and a killed writer's .tmp.
+_KINDS = r"(?:(?:checkpoint|best)(?:\.prev)?|epoch\d{3,})\.pth"
+_FILE_RE = re.compile(rf"^(?P<id>.+)_{_KINDS}(?:\.corrupt-\d{{8}}_\d{{6}}(?:_\d+)?)?$"
+                      rf"|^\.(?P<tmp>.+)_{_KINDS}\.[A-Za-z0-9_]+\.tmp$")
 CHECKSUM_MISMATCH = "checksum mismatch"
 CUT_OFF = "a cut-off or damaged torch archive"
 
@@ -64,9 +53,6 @@ class CheckpointCorrupt(CheckpointError):
         return self.reason.startswith((CHECKSUM_MISMATCH, CUT_OFF))
 
 
-# ------------------------------------------------------------------------------------------
-# Names
-
 def latest_path(checkpoint_dir: str | Path, experiment_id: str) -> Path:
     return Path(checkpoint_dir) / f"{experiment_id}_checkpoint.pth"
 
@@ -82,11 +68,8 @@ def snapshot_path(checkpoint_dir: str | Path, experiment_id: str, epoch: int) ->
 
 def snapshots(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
     """The experiment's snapshots, oldest epoch first."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    names = re.compile(rf"^{re.escape(experiment_id)}_epoch(\d{{3,}})\.pth$")
-    found = [(int(m[1]), p) for p in folder.iterdir() if (m := names.match(p.name))]
+    found = [(int(m[1]), p) for p in _files_by_id(checkpoint_dir).get(experiment_id, [])
+             if (m := re.fullmatch(r".+_epoch(\d{3,})\.pth", p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -101,32 +84,24 @@ def prev_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def _files_by_id(checkpoint_dir: str | Path) -> dict[str, list[Path]]:
+    folder, found = Path(checkpoint_dir), {}
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if (m := _FILE_RE.match(p.name)) and not p.is_dir():
+            found.setdefault(m["id"] or m["tmp"], []).append(p)
+    return found
+
+
 def experiment_files(checkpoint_dir: str | Path, experiment_id: str) -> list[Path]:
-    """Every file of one experiment in the checkpoint folder: latest, best, their .prev, .corrupt-*,
-    stale .tmp, and its log."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    ident = re.escape(experiment_id)
-    names = re.compile(rf"^{ident}_{_KINDS}(?:{_CORRUPT})?$|^\.{ident}_{_KINDS}\.[A-Za-z0-9_]+\.tmp$|^{ident}\.log$")
-    return sorted(p for p in folder.iterdir() if names.match(p.name) and not p.is_dir())
+    """Every file of one experiment in the checkpoint folder: its checkpoint files (see _KINDS) and its log."""
+    log = log_path(checkpoint_dir, experiment_id)
+    return sorted(_files_by_id(checkpoint_dir).get(experiment_id, []) + ([log] if log.is_file() else []))
 
 
 def discover_ids(checkpoint_dir: str | Path) -> set[str]:
     """Experiment IDs that have any checkpoint file (including damaged or stale ones)."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return set()
-    found = set()
-    for p in folder.iterdir():
-        m = _ANY_ID_RE.match(p.name) or _ANY_ID_TMP_RE.match(p.name)
-        if m:
-            found.add(m["id"])
-    return found
+    return set(_files_by_id(checkpoint_dir))
 
-
-# ------------------------------------------------------------------------------------------
-# Checksum
 
 def checksum(payload: Mapping[str, Any]) -> str:
     """sha256 hex of everything in `payload` except its `checksum` entry."""
@@ -154,7 +129,12 @@ def _feed(h: Any, obj: Any, where: str) -> None:
     elif kind is bytes:
         _tagged(h, b"b", obj)
     elif isinstance(obj, torch.Tensor):
-        _feed_tensor(h, obj, where)
+        if obj.layout != torch.strided or obj.is_quantized:
+            raise TypeError(f"checkpoint {where}: only dense tensors can be stored, got layout {obj.layout}")
+        h.update(f"t{obj.dtype}|{tuple(obj.shape)}|".encode())
+        flat = obj.detach().to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
     elif isinstance(obj, dict):
         h.update(b"d%d:" % len(obj))
         for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
@@ -177,52 +157,26 @@ def _tagged(h: Any, tag: bytes, data: bytes) -> None:
     h.update(data)
 
 
-def _feed_tensor(h: Any, t, where: str) -> None:
-    import torch
-
-    if t.layout != torch.strided or t.is_quantized:
-        raise TypeError(f"checkpoint {where}: only dense tensors can be stored, got layout {t.layout}")
-    h.update(f"t{t.dtype}|{tuple(t.shape)}|".encode())
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel():
-        h.update(flat.view(torch.uint8).numpy())
-
-
-# ------------------------------------------------------------------------------------------
-# Save and load
-
-def save(payload: Mapping[str, Any], path: str | Path, *, keep_previous: bool = True,
-         copy_to: Sequence[str | Path] = ()) -> Path:
-    """Write `payload` (plus format, format_version, checksum) atomically to `path`.
-
-    With `keep_previous`, the file currently at `path` becomes `{stem}.prev.pth`.
-    `copy_to` (the best checkpoint, a snapshot) get the same bytes first, without a
-    .prev: the payload is checksummed and serialized once for all files.
-    Raises `WriteError` on disk full / permissions (old files intact), `TypeError`
-    for a value that `torch.load(weights_only=True)` could not read back.
-    """
+def save(payload: Mapping[str, Any], path: str | Path, *, copy_to: Sequence[str | Path] = ()) -> Path:
+    """Write `payload` (plus format, format_version, checksum) atomically to `path`, the file there becoming
+    `{stem}.prev.pth`; `copy_to` (the best checkpoint, a snapshot) get the same bytes first, without a .prev.
+    `WriteError` on disk full / permissions (old files intact), `TypeError` for what weights_only cannot read."""
     import torch
 
     path = Path(path)
-    for key, value in (("format", FORMAT), ("format_version", FORMAT_VERSION)):
-        if key in payload and payload[key] != value:
-            raise ValueError(f"checkpoint payload has {key}={payload[key]!r}; save() writes {value!r}")
-    full = {k: v for k, v in payload.items() if k != "checksum"}
-    full["format"], full["format_version"] = FORMAT, FORMAT_VERSION
+    full = {**payload, "format": FORMAT, "format_version": FORMAT_VERSION}
     full["checksum"] = checksum(full)
 
     def rotate() -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.replace(path, prev_path(path))
-        except FileNotFoundError:
-            pass
 
     buffer = io.BytesIO()
     torch.save(full, buffer)
     data = buffer.getbuffer()
     for copy in copy_to:
         atomic_write(Path(copy), lambda f: f.write(data), what="checkpoint")
-    atomic_write(path, lambda f: f.write(data), what="checkpoint", before_replace=rotate if keep_previous else None)
+    atomic_write(path, lambda f: f.write(data), what="checkpoint", before_replace=rotate)
     return path
 
 
@@ -264,8 +218,7 @@ def _load_failure(e: Exception) -> str:
         what = "it holds objects other than tensors and plain values" if "global" in detail.lower() else (
             "not a readable torch file")
         return f"{what} ({detail}; refused unread by the weights-only loader)"
-    first = text.strip().splitlines()[0] if text.strip() else "no details"
-    return f"not a readable torch file ({type(e).__name__}: {first[:160]})"
+    return f"not a readable torch file ({one_line(e, 160)})"
 
 
 def _payload_problem(payload: Any) -> str | None:
@@ -274,8 +227,8 @@ def _payload_problem(payload: Any) -> str | None:
     if payload.get("format") != FORMAT:
         return f"not a fastzhang checkpoint (format is {payload.get('format')!r}, expected {FORMAT!r})"
     version = payload.get("format_version")
-    if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        return f"format_version {version!r} is not supported (this fastzhang reads {SUPPORTED_VERSIONS})"
+    if version != FORMAT_VERSION or type(version) is not int:
+        return f"format_version {version!r} is not supported (this fastzhang reads {FORMAT_VERSION})"
     stored = payload.get("checksum")
     if not isinstance(stored, str):
         return "it has no checksum"
@@ -288,19 +241,14 @@ def _payload_problem(payload: Any) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------
-# Resume: the newest good checkpoint
-
 def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | None:
     """The payload of `path`, else of its `.prev`, with the file it came from.
 
-    None when neither file exists; `warn` gets what was used instead and why. A damaged file next to a good one is renamed to
-    `{name}.corrupt-{timestamp}` with a warning (so the next save cannot rotate it
-    over the good one); when every existing file is damaged, `CheckpointError`
-    names them all and nothing is touched.
+    None when neither file exists; `warn` gets what was used instead and why. A damaged file next
+    to a good one is quarantined with a warning (so the next save cannot rotate it over the good
+    one); when every existing file is damaged, `CheckpointError` names them all, nothing touched.
     """
-    path = Path(path)
-    prev = prev_path(path)
+    path, prev = Path(path), prev_path(path)
     found: dict[Path, dict[str, Any]] = {}
     damaged: dict[Path, CheckpointCorrupt] = {}
     for candidate in (path, prev):
@@ -309,14 +257,12 @@ def load_latest(path: str | Path, warn=warn) -> tuple[dict[str, Any], Path] | No
                 found[candidate] = load(candidate)
             except CheckpointCorrupt as e:
                 damaged[candidate] = e
-    if not found and not damaged:
-        return None
     if not found:
         listed = "; ".join(f"{p}: {e.reason}" for p, e in damaged.items())
-        raise CheckpointError(
-            f"no usable checkpoint ({listed}); nothing was deleted: inspect or remove these files, "
-            "or pass --force to start the experiment over"
-        )
+        if damaged:
+            raise CheckpointError(f"no usable checkpoint ({listed}); nothing was deleted: inspect or remove these "
+                                  "files, or pass --force to start the experiment over")
+        return None
     used = path if path in found else prev
     for bad, e in damaged.items():
         kept = quarantine(bad)

@@ -1,10 +1,7 @@
-"""Errors that reach the user as one line and an exit code.
+"""Errors that reach the user as one line and an exit code (docs/architecture.md lists the codes).
 
-The CLI catches `FastZhangError`, prints `fastzhang: error: <message>` and exits
-with the class's code, so every layer can fail loudly without knowing about the
-command line. Codes: 2 bad input (refused before any work), 3 the experiment is
-locked by another process, 4 no usable checkpoint, 5 a write failed (disk full,
-permissions), 1 anything else.
+The CLI catches `FastZhangError`, prints `fastzhang: error: <message>` and exits with the
+class's code, so every layer can fail loudly without knowing about the command line.
 """
 
 

@@ -8,6 +8,7 @@ error message. Note that a child forked while the lock is held shares it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -40,16 +41,14 @@ class ExperimentLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
-        if self._fd is not None:
-            raise RuntimeError(f"lock {self.path} is already held by this object")
         deadline = time.monotonic() + _RETRY_SECONDS
         while True:
-            fd = self._open()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise WriteError(f"cannot create lock file {self.path}: {e.strerror or e}") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -57,52 +56,27 @@ class ExperimentLock:
                 if time.monotonic() < deadline:
                     time.sleep(0.02)
                     continue
-                raise LockHeld(self._held_message()) from None
+                who = f"pid {pid}, " if (pid := holder_pid(self.path)) else ""
+                raise LockHeld(f"experiment {self.experiment_id} is already running in another process "
+                               f"({who}lock file {self.path}); wait for it or stop it") from None
             # The file may have been removed (by `clean`) between open and flock; a
             # lock on an unlinked inode excludes nobody, so start over on the new file.
-            if _still_named(fd, self.path):
-                break
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), self.path.stat()):
+                    break
             os.close(fd)
-        try:
+        with contextlib.suppress(OSError):  # the pid is only for messages; holding the lock is what matters
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the pid is only for messages; holding the lock is what matters
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
-
-    def _open(self) -> int:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise WriteError(f"cannot create lock file {self.path}: {e.strerror or e}") from e
-
-    def _held_message(self) -> str:
-        pid = holder_pid(self.path)
-        who = f"pid {pid}, " if pid else ""
-        return (
-            f"experiment {self.experiment_id} is already running in another process "
-            f"({who}lock file {self.path}); wait for it or stop it"
-        )
-
-
-def _still_named(fd: int, path: Path) -> bool:
-    try:
-        named = path.stat()
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def holder_pid(path: str | Path) -> int | None:
@@ -133,7 +107,4 @@ def is_held(checkpoint_dir: str | Path, experiment_id: str) -> bool:
 
 
 def ids_with_lock_files(checkpoint_dir: str | Path) -> set[str]:
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return set()
-    return {p.name[: -len(LOCK_SUFFIX)] for p in folder.glob(f"*{LOCK_SUFFIX}") if p.is_file()}
+    return {p.name[: -len(LOCK_SUFFIX)] for p in Path(checkpoint_dir).glob(f"*{LOCK_SUFFIX}") if p.is_file()}

@@ -7,6 +7,7 @@ the code's git commit when it runs from a checkout.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 from pathlib import Path
@@ -20,12 +21,10 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -33,16 +32,12 @@ def git_commit(root: Path = _CHECKOUT) -> str | None:
     """HEAD of the checkout this code runs from, with `+dirty` if tracked files differ; None if installed."""
     if not (root / ".git").exists():
         return None
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+    try:  # the full hash (no tag name: --exclude=*), +dirty as `git diff-index HEAD` sees it
+        head = subprocess.run(["git", "-C", str(root), "describe", "--always", "--abbrev=40", "--dirty=+dirty",
+                               "--exclude=*"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    return head.stdout.strip() if head.returncode == 0 else None
 
 
 def provenance(device, data_source: str) -> dict:

@@ -1,11 +1,8 @@
-"""Each experiment's own log, `{checkpoint-dir}/{id}.log`: what its runs said, appended across resumptions.
+"""Each experiment's own log, `{checkpoint-dir}/{id}.log`: what its runs said, appended across resumptions,
+with or without --quiet or a terminal (`fastzhang batch` sends each run's stdout and stderr there too).
 
-Every run writes its announcement, its per-epoch lines, its fallbacks and how it
-ended here, with or without --quiet and whether or not a terminal is attached, so a
-run started by `fastzhang batch` or a cluster job can be followed with `tail -f`.
-`fastzhang batch` sends each run's own stdout and stderr to the same file.
-Only the holder of the experiment's lock writes it. The log is for people: a
-failed write costs one warning, never the run (the checkpoints are what count).
+Only the holder of the experiment's lock writes it. The log is for people: a failed
+write costs one warning, never the run (the checkpoints are what count).
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import time
 from pathlib import Path
 
 from fastzhang.log import info, warn
-
 
 _STAMP = "%Y-%m-%d %H:%M:%S"
 _STAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
@@ -35,7 +31,10 @@ class RunLog:
         self.path, self.quiet = Path(path), quiet
         self.broken = False
         # `fastzhang batch` sends a run's stderr into this very file: what goes to stderr is in the log already
-        self.stderr_is_log = _same_file(sys.stderr, self.path)
+        try:
+            self.stderr_is_log = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(self.path))
+        except (OSError, ValueError, AttributeError):  # no such file yet, or a stream without a descriptor
+            self.stderr_is_log = False
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -62,14 +61,6 @@ class RunLog:
             warn(f"cannot write the log {self.path} ({e.strerror or e}); the run goes on without it")
 
 
-def _same_file(stream, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
-    except (OSError, ValueError, AttributeError):  # no such file yet, or a stream without a descriptor
-        return False
-
-
-# ------------------------------------------------------------------------------------------
 # What a run says: the wording lives here, experiment.py and cli/run.py read it.
 
 

@@ -1,10 +1,8 @@
 """Stop signals for `run` and `batch`: the first SIGINT / SIGTERM asks to stop, a second insists.
 
-A run checks `flag.signum` between steps, checkpoints and exits 130 / 143; a batch
-starts no more runs and passes each signal on to the running ones, whose own
-flags then do the same. What insisting means is the caller's: a run is
-interrupted at once (KeyboardInterrupt), except during a checkpoint write, which
-finishes first; a batch forwards the second signal and reads `flag.count`.
+A run checks `flag.signum` between steps, checkpoints and exits 130 / 143; a second signal
+interrupts it at once (KeyboardInterrupt), except during a checkpoint write, which finishes
+first. A batch starts no more runs and passes each signal on to the running ones.
 """
 
 from __future__ import annotations
@@ -29,13 +27,8 @@ class StopFlag:
 
     @contextmanager
     def holding(self) -> Iterator[None]:
-        """Checkpoint writes finish before a second signal stops the run.
-
-        KeyboardInterrupt raised by a handler inside torch.save's writer callbacks
-        comes out as an unrelated RuntimeError (and a traceback); the file itself
-        is safe either way (atomicio). So the second signal is noted during the
-        write and acted on right after it.
-        """
+        """Checkpoint writes finish before a second signal stops the run: a KeyboardInterrupt raised inside
+        torch.save's writer callbacks comes out as an unrelated RuntimeError (and a traceback)."""
         self.writing = True
         try:
             yield
@@ -48,13 +41,9 @@ class StopFlag:
 @contextmanager
 def stop_signals(*, on_signal: Callable[[int], None] | None = None,
                  interrupt_on_second: bool = False) -> Iterator[StopFlag]:
-    """Handle SIGTERM / SIGINT while inside; the previous handlers come back on exit.
-
-    `on_signal(signum)` is called for every signal (a batch passes each one on);
-    `interrupt_on_second` raises KeyboardInterrupt on a second signal (a run).
-    Outside the main thread (e.g. a Ray worker's task thread) signals never reach
-    Python handlers: the flag is returned and stays unset.
-    """
+    """Handle SIGTERM / SIGINT while inside (the previous handlers come back on exit): `on_signal(signum)` for
+    every signal (a batch passes each on), KeyboardInterrupt on a second one if `interrupt_on_second` (a run).
+    Outside the main thread (a Ray worker's task thread) no signal reaches Python: the flag stays unset."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag

@@ -4,9 +4,9 @@
 loader reads exactly like the real one (python pickles in the official Python 2
 style, the binary records, or the gzip tarball) and returns the arrays it holds,
 so a test compares what was loaded with what was written. Load it with
-`sources.load_cifar10(fx.root, per_batch=fx.per_batch)`. `dataset="cifar100"`
-writes CIFAR-100's files instead (`train`/`test` with fine and coarse labels,
-2-byte binary labels); load it with `sources.load_files(fx.root, "cifar100", ...)`.
+`sources.load_dataset("cifar10", fx.root, download=False, per_batch=fx.per_batch)`.
+`dataset="cifar100"` writes CIFAR-100's files instead (`train`/`test` with fine and
+coarse labels, 2-byte binary labels).
 
 The fault-injection tests (test_faults_*.py, test_bad_input.py) share the helpers
 at the end: `Fz` runs a real `fastzhang` process, `reference_run` trains an

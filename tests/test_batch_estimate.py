@@ -89,11 +89,11 @@ def test_the_batch_prefers_the_wall_time_of_its_own_runs(tmp_path, one_thread):
     ran = Task(tmp_path / "a.yaml", ExperimentConfig.from_mapping(
         {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "batch_size": 256, "epochs": 2}))
     queued = Task(tmp_path / "b.yaml", ran.config.replace(seed=1, epochs=3))
-    clock = estimate.BatchClock(opts, gpus_visible=False, at_once=1)
+    clock = estimate.EpochClock(False, opts)
     assert clock.time_left([ran, queued], []) == "no time estimate yet (2 run(s) of kinds with no epoch measured)"
     run_experiment(ran.config, RunOptions(checkpoint_dir=ckpt, results_dir=res, quiet=True))
     clock.finished(ran, seconds=30.0)  # as the pool measured it: 2 epochs from scratch
-    assert clock.clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
+    assert clock.wall == {("mlp1", "synthetic", None, "cpu"): [15.0]}
     assert clock.time_left([queued], []) == "about 45s left"  # 3 epochs at 15 s, not the training time alone
 
 
@@ -119,8 +119,8 @@ def test_the_batch_reads_each_checkpoint_once(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "inspect_latest", lambda path: opened.append(path) or (None, None, []))
     tasks = [Task(tmp_path / f"{seed}.yaml", ExperimentConfig.from_mapping(
         {"model": "mlp1", "dataset": "synthetic", "device": "cpu", "epochs": 2, "seed": seed})) for seed in (0, 1)]
-    clock = estimate.BatchClock(BatchOptions(tmp_path / "c", tmp_path / "r"), gpus_visible=False, at_once=1)
-    clock.clock.add(tasks[0].config.to_dict(), "cpu", [10.0])
+    clock = estimate.EpochClock(False, BatchOptions(tmp_path / "c", tmp_path / "r"))
+    clock.add(tasks[0].config.to_dict(), "cpu", [10.0])
     assert clock.time_left(tasks, []) == "about 40s left"
     assert clock.time_left(tasks[1:], tasks[:1]) == "about 40s left"  # just started: nothing run yet
     assert len(opened) == 2

@@ -10,7 +10,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -97,18 +96,18 @@ def test_enospc_at_fsync_keeps_old_file(tmp_path, monkeypatch):
     assert files_in(tmp_path) == before
 
 
-@pytest.mark.parametrize("where", ["mkstemp", "replace"])
+@pytest.mark.parametrize("where", ["open", "replace"])
 def test_permission_and_readonly_errors_keep_old_file(tmp_path, monkeypatch, where):
     # Tests run as root, for whom chmod does not make a folder unwritable, so the
     # kernel's EACCES / EROFS answers are simulated at the two calls that meet them.
     target = _old_file(tmp_path)
     before = files_in(tmp_path)
-    code = errno.EACCES if where == "mkstemp" else errno.EROFS
+    code = errno.EACCES if where == "open" else errno.EROFS
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(tempfile if where == "mkstemp" else os, where, refuse)
+    monkeypatch.setattr(os, where, refuse)
     with pytest.raises(WriteError) as err:
         atomic_write(target, lambda f: f.write(b"new"), what="checkpoint")
     monkeypatch.undo()
@@ -305,7 +304,7 @@ def test_paths_and_rotation(tmp_path):
     for epoch in (1, 2, 3):
         C.save(payload(epoch=epoch), latest)
     assert (C.load(latest)["epoch"], C.load(C.prev_path(latest))["epoch"]) == (3, 2)
-    C.save(payload(epoch=9), C.best_path(tmp_path, "e1"), keep_previous=False)
+    C.save(payload(epoch=4), latest, copy_to=[C.best_path(tmp_path, "e1")])  # the copy gets no .prev
     assert set(os.listdir(tmp_path)) == {"e1_best.pth", "e1_checkpoint.pth", "e1_checkpoint.prev.pth"}
 
 

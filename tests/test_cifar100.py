@@ -17,12 +17,12 @@ from fastzhang.data import cifar, download
 from fastzhang.data.cifar import content_fingerprint, fingerprint
 from fastzhang.data.randomize import randomize
 from fastzhang.data.seeds import rng
-from fastzhang.data.sources import load_dataset, load_files
+from fastzhang.data.sources import load_dataset
 from fastzhang.errors import DataError
 
 
 def test_every_layout_loads_the_exact_arrays_with_100_classes(cifar100_any):
-    got = load_files(cifar100_any.root, "cifar100", per_batch=20)
+    got = load_dataset("cifar100", cifar100_any.root, download=False, per_batch=20)
     assert got.layout == cifar100_any.layout and got.source == str(cifar100_any.path)
     for have, want in zip((got.train_images, got.train_labels, got.test_images, got.test_labels),
                           cifar100_any.arrays()):
@@ -35,10 +35,10 @@ def test_every_layout_loads_the_exact_arrays_with_100_classes(cifar100_any):
 
 
 def test_layouts_share_the_fingerprint_and_cifar10_has_another(tmp_path):
-    loaded = [load_files(make_cifar_dir(tmp_path, layout, dataset="cifar100").root, "cifar100", per_batch=20)
-              for layout in ("python", "binary", "tarball")]
+    loaded = [load_dataset("cifar100", make_cifar_dir(tmp_path, layout, dataset="cifar100").root, download=False,
+                           per_batch=20) for layout in ("python", "binary", "tarball")]
     assert len({a.fingerprint for a in loaded}) == 1
-    ten = load_files(make_cifar_dir(tmp_path, "python", name="ten").root, "cifar10", per_batch=20)
+    ten = load_dataset("cifar10", make_cifar_dir(tmp_path, "python", name="ten").root, download=False, per_batch=20)
     assert ten.fingerprint != loaded[0].fingerprint and ten.num_classes == 10
 
 
@@ -46,7 +46,7 @@ def test_binary_records_take_the_fine_label_not_the_coarse_one(tmp_path):
     fx = make_cifar_dir(tmp_path, "binary", dataset="cifar100")
     record = (fx.path / "test.bin").read_bytes()[:2]
     assert record == bytes((fx.test_labels[0] // 5, fx.test_labels[0]))  # coarse, then fine
-    assert np.array_equal(load_files(fx.root, "cifar100", per_batch=20).test_labels, fx.test_labels)
+    assert np.array_equal(load_dataset("cifar100", fx.root, download=False, per_batch=20).test_labels, fx.test_labels)
 
 
 def test_a_poisoned_file_is_refused_before_it_runs(tmp_path):
@@ -59,7 +59,7 @@ def test_a_poisoned_file_is_refused_before_it_runs(tmp_path):
 
     (fx.path / "train").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
     with pytest.raises(DataError, match=f"{fx.path / 'train'}: refused to unpickle: it asks for posix.system"):
-        load_files(fx.root, "cifar100", per_batch=20)
+        load_dataset("cifar100", fx.root, download=False, per_batch=20)
     assert not target.exists()
 
 
@@ -72,7 +72,7 @@ def test_a_label_outside_0_to_99_is_named(tmp_path, bad):
                b"data": fx.test_images.reshape(20, -1)}
     (fx.path / "test").write_bytes(py2_pickle(entries))
     with pytest.raises(DataError, match=f"{fx.path / 'test'}: labels must be in 0..99; found {bad} at index 7"):
-        load_files(fx.root, "cifar100", per_batch=20)
+        load_dataset("cifar100", fx.root, download=False, per_batch=20)
 
 
 def test_a_cifar100_file_read_as_cifar10_says_which_it_is(tmp_path):
@@ -81,7 +81,7 @@ def test_a_cifar100_file_read_as_cifar10_says_which_it_is(tmp_path):
     (hundred.path / "test").replace(ten.path / "test_batch")  # a CIFAR-10 name, CIFAR-100 content
     with pytest.raises(DataError, match=r"test_batch: missing key\(s\) labels; .* \(a CIFAR-100 file\? "
                                         r"dataset: cifar100\)"):
-        load_files(ten.root, "cifar10", per_batch=20)
+        load_dataset("cifar10", ten.root, download=False, per_batch=20)
 
 
 def test_random_labels_are_drawn_over_100_classes():

@@ -13,7 +13,7 @@ from fastzhang.config import ConfigError, ExperimentConfig, experiment_id
 
 
 def from_flags(*argv: str) -> ExperimentConfig:
-    return config_from_args(build_parser().parse_args(["run", *argv]))
+    return config_from_args(build_parser().parse_args(["run", *argv]))[0]
 
 
 def test_defaults_follow_the_paper():

@@ -11,12 +11,12 @@ from conftest import batch_dict, cifar_arrays, dump_batch, make_cifar_dir, py2_p
 
 from fastzhang.data import cifar
 from fastzhang.data.cifar import content_fingerprint, fingerprint
-from fastzhang.data.sources import load_cifar10, load_dataset
-from fastzhang.errors import DataError, UsageError
+from fastzhang.data.sources import load_dataset
+from fastzhang.errors import DataError
 
 
 def test_every_layout_loads_the_exact_arrays(cifar_any):
-    got = load_cifar10(cifar_any.root, per_batch=20)
+    got = load_dataset("cifar10", cifar_any.root, download=False, per_batch=20)
     assert got.layout == cifar_any.layout
     for have, want in zip((got.train_images, got.train_labels, got.test_images, got.test_labels), cifar_any.arrays()):
         assert have.dtype == want.dtype and have.shape == want.shape
@@ -28,7 +28,7 @@ def test_every_layout_loads_the_exact_arrays(cifar_any):
 
 def test_layouts_of_the_same_data_share_fingerprints(tmp_path):
     roots = [make_cifar_dir(tmp_path, layout).root for layout in ("python", "binary", "tarball")]
-    loaded = [load_cifar10(root, per_batch=20) for root in roots]
+    loaded = [load_dataset("cifar10", root, download=False, per_batch=20) for root in roots]
     assert len({a.fingerprint for a in loaded}) == 1
     assert len({a.content_fingerprint for a in loaded}) == 1
 
@@ -36,7 +36,7 @@ def test_layouts_of_the_same_data_share_fingerprints(tmp_path):
 def test_python3_repickled_copy_with_str_keys_loads(make_cifar):
     fx = make_cifar("python", style="py3")
     assert b"_codecs" not in (fx.path / "data_batch_1").read_bytes()
-    got = load_cifar10(fx.root, per_batch=20)
+    got = load_dataset("cifar10", fx.root, download=False, per_batch=20)
     assert np.array_equal(got.test_images, fx.test_images)
 
 
@@ -74,13 +74,14 @@ def test_content_fingerprint_ignores_order_but_not_labels_or_pixels():
 
 
 def test_known_fingerprints_are_named(cifar_python, monkeypatch):
-    plain = load_cifar10(cifar_python.root, per_batch=20)
+    plain = load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
     assert plain.fingerprint_name is None and plain.content_fingerprint_name is None
     monkeypatch.setitem(cifar.KNOWN_CONTENT_FINGERPRINTS, plain.content_fingerprint, "tiny images")
-    named = load_cifar10(cifar_python.root, per_batch=20)
+    named = load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
     assert (named.fingerprint_name, named.content_fingerprint_name) == ("tiny images", "tiny images")
     monkeypatch.setitem(cifar.KNOWN_FINGERPRINTS, plain.fingerprint, "tiny, this order")
-    assert load_cifar10(cifar_python.root, per_batch=20).fingerprint_name == "tiny, this order"
+    named = load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
+    assert named.fingerprint_name == "tiny, this order"
 
 
 def test_offline_copy_fingerprints_are_recorded():
@@ -95,21 +96,21 @@ def test_offline_copy_fingerprints_are_recorded():
 @pytest.mark.parametrize("layout", ["python", "binary", "tarball"])
 def test_root_may_be_the_batches_folder_or_tarball_itself(tmp_path, layout):
     fx = make_cifar_dir(tmp_path, layout)
-    got = load_cifar10(fx.path, per_batch=20)
+    got = load_dataset("cifar10", fx.path, download=False, per_batch=20)
     assert got.layout == layout and np.array_equal(got.train_labels, fx.train_labels)
 
 
 def test_folder_preferred_over_tarball(tmp_path):
     fx = make_cifar_dir(tmp_path, "tarball", name="data")
     write_python_dir(fx.root / "cifar-10-batches-py", cifar_arrays(20, seed=5), 20)
-    got = load_cifar10(fx.root, per_batch=20)
+    got = load_dataset("cifar10", fx.root, download=False, per_batch=20)
     assert got.layout == "python"
     assert np.array_equal(got.train_images, cifar_arrays(20, seed=5)[0])
 
 
 def test_empty_folder_says_where_to_put_files(tmp_path):
     with pytest.raises(DataError, match=f"no CIFAR-10 in {tmp_path}.*cifar-10-python.tar.gz"):
-        load_cifar10(tmp_path, per_batch=20)
+        load_dataset("cifar10", tmp_path, download=False, per_batch=20)
 
 
 def test_data_dir_resolution_flag_env_default(tmp_path, monkeypatch):
@@ -129,11 +130,6 @@ def test_load_dataset_requires_full_size_batches(cifar_python):
         load_dataset("cifar10", cifar_python.root, download=False)
 
 
-def test_unknown_dataset_name():
-    with pytest.raises(UsageError, match="dataset must be one of cifar10, cifar100, synthetic; got .mnist."):
-        load_dataset("mnist", None)
-
-
 # ------------------------------------------------------------------------------------------
 # Validation: every error names the file
 
@@ -144,7 +140,7 @@ def test_missing_batch_file_is_named(tmp_path, layout, missing):
     fx = make_cifar_dir(tmp_path, layout)
     (fx.path / missing).unlink()
     with pytest.raises(DataError, match=f"missing batch file.*{fx.path / missing}"):
-        load_cifar10(fx.root, per_batch=20)
+        load_dataset("cifar10", fx.root, download=False, per_batch=20)
 
 
 @pytest.mark.parametrize("size", [0, 3073 * 20 - 1, 3073 * 19, 3073 * 21])
@@ -154,14 +150,14 @@ def test_binary_batch_of_wrong_size_is_named(cifar_binary, size):
     path.write_bytes((blob + blob)[:size])
     what = "too long" if size > len(blob) else "truncated"
     with pytest.raises(DataError, match=f"{path}: {what}: {size} bytes, expected 20 records of 3073 bytes"):
-        load_cifar10(cifar_binary.root, per_batch=20)
+        load_dataset("cifar10", cifar_binary.root, download=False, per_batch=20)
 
 
 def test_truncated_pickle_batch_is_named(cifar_python):
     path = cifar_python.path / "data_batch_5"
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(DataError, match=f"{path}: not a readable CIFAR pickle"):
-        load_cifar10(cifar_python.root, per_batch=20)
+        load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
 
 
 @pytest.mark.parametrize("bad", [10, -1, 255])
@@ -171,7 +167,7 @@ def test_mislabeled_python_batch_is_named(cifar_python, bad):
     entries[b"labels"][13] = bad
     path.write_bytes(py2_pickle(entries))
     with pytest.raises(DataError, match=f"{path}: labels must be in 0..9; found {bad} at index 13"):
-        load_cifar10(cifar_python.root, per_batch=20)
+        load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
 
 
 def test_mislabeled_binary_batch_is_named(cifar_binary):
@@ -180,7 +176,7 @@ def test_mislabeled_binary_batch_is_named(cifar_binary):
     blob[3073 * 4] = 10  # the label byte of record 4
     path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match=f"{path}: labels must be in 0..9; found 10 at index 4"):
-        load_cifar10(cifar_binary.root, per_batch=20)
+        load_dataset("cifar10", cifar_binary.root, download=False, per_batch=20)
 
 
 def _rewrite(fx, name, change):
@@ -203,11 +199,11 @@ def _rewrite(fx, name, change):
 def test_malformed_python_batch_is_named(cifar_python, change, message):
     path = _rewrite(cifar_python, "data_batch_2", change)
     with pytest.raises(DataError, match=f"{path}: .*{message}"):
-        load_cifar10(cifar_python.root, per_batch=20)
+        load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
 
 
 def test_batch_that_is_not_a_dict_is_named(cifar_python):
     path = cifar_python.path / "data_batch_1"
     path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
     with pytest.raises(DataError, match=f"{path}: expected a dict"):
-        load_cifar10(cifar_python.root, per_batch=20)
+        load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)

@@ -23,7 +23,7 @@ def test_info_reports_location_counts_histogram_fingerprints(cifar_any, monkeypa
     monkeypatch.setattr(cifar, "PER_BATCH", 20)
     assert main(["data", "info", "--data-dir", str(cifar_any.root)]) == 0
     out = capsys.readouterr().out
-    expected = sources.load_cifar10(cifar_any.root, per_batch=20)
+    expected = sources.load_dataset("cifar10", cifar_any.root, download=False, per_batch=20)
     assert f"source:       {cifar_any.path}" in out
     assert f"layout:       {cifar_any.layout}" in out
     assert ("extracted to:" in out) == (cifar_any.layout == "tarball")

@@ -13,7 +13,7 @@ import pytest
 from conftest import cifar_arrays, make_cifar_dir, served, write_tarball
 
 from fastzhang.data import cifar, download
-from fastzhang.data.sources import load_cifar10, load_dataset
+from fastzhang.data.sources import load_dataset
 from fastzhang.errors import DataError
 
 
@@ -37,7 +37,7 @@ def test_cache_dir_honours_env(monkeypatch, tmp_path):
 
 
 def test_extraction_is_cached_by_sha256(cifar_tarball, isolated_cache, monkeypatch):
-    first = load_cifar10(cifar_tarball.root, per_batch=20)
+    first = load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
     digest = hashlib.sha256(cifar_tarball.path.read_bytes()).hexdigest()
     [folder] = _extractions(isolated_cache)
     assert folder.name == f"cifar-10-batches-py-{digest[:32]}"
@@ -49,7 +49,7 @@ def test_extraction_is_cached_by_sha256(cifar_tarball, isolated_cache, monkeypat
         raise AssertionError("the tarball was opened again")
 
     monkeypatch.setattr(tarfile, "open", no_reextract)
-    second = load_cifar10(cifar_tarball.root, per_batch=20)
+    second = load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
     assert second.fingerprint == first.fingerprint
     assert _snapshot(folder) == before
     assert [p.name for p in isolated_cache.iterdir()] == [folder.name]  # no temp folders left
@@ -57,9 +57,9 @@ def test_extraction_is_cached_by_sha256(cifar_tarball, isolated_cache, monkeypat
 
 def test_different_tarball_never_reuses_a_stale_extraction(tmp_path, isolated_cache):
     fx = make_cifar_dir(tmp_path, "tarball")
-    first = load_cifar10(fx.root, per_batch=20)
+    first = load_dataset("cifar10", fx.root, download=False, per_batch=20)
     write_tarball(fx.path, cifar_arrays(20, seed=9), 20)  # same path, other content
-    second = load_cifar10(fx.root, per_batch=20)
+    second = load_dataset("cifar10", fx.root, download=False, per_batch=20)
     assert len(_extractions(isolated_cache)) == 2
     assert second.fingerprint != first.fingerprint
     assert np.array_equal(second.train_images, cifar_arrays(20, seed=9)[0])
@@ -70,7 +70,7 @@ def test_read_only_source_folder(cifar_tarball):
     cifar_tarball.path.chmod(0o444)
     cifar_tarball.root.chmod(0o555)
     try:
-        got = load_cifar10(cifar_tarball.root, per_batch=20)
+        got = load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
     finally:
         cifar_tarball.root.chmod(0o755)
     assert np.array_equal(got.train_images, cifar_tarball.train_images)
@@ -90,10 +90,10 @@ def test_interrupted_extraction_leaves_nothing_half_done(cifar_tarball, isolated
 
     monkeypatch.setattr(shutil, "copyfileobj", failing_copy)
     with pytest.raises(DataError if isinstance(error, OSError) else KeyboardInterrupt):
-        load_cifar10(cifar_tarball.root, per_batch=20)
+        load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
     assert list(isolated_cache.iterdir()) == []  # neither a final folder nor a temp one
     monkeypatch.setattr(shutil, "copyfileobj", real_copy)
-    assert load_cifar10(cifar_tarball.root, per_batch=20).layout == "tarball"
+    assert load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20).layout == "tarball"
 
 
 def test_leftover_temp_folder_from_a_killed_process_is_ignored(cifar_tarball, isolated_cache):
@@ -101,7 +101,7 @@ def test_leftover_temp_folder_from_a_killed_process_is_ignored(cifar_tarball, is
     stale = isolated_cache / f".cifar-10-batches-py-{digest[:32]}.abc123.tmp"
     stale.mkdir()
     (stale / "data_batch_1").write_bytes(b"half")
-    got = load_cifar10(cifar_tarball.root, per_batch=20)
+    got = load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
     assert np.array_equal(got.test_labels, cifar_tarball.test_labels)
 
 
@@ -109,20 +109,20 @@ def test_truncated_tarball_is_named(cifar_tarball):
     blob = cifar_tarball.path.read_bytes()
     cifar_tarball.path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match=f"{cifar_tarball.path}: not a readable gzip tarball"):
-        load_cifar10(cifar_tarball.root, per_batch=20)
+        load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
 
 
 def test_tarball_lacking_a_batch_is_named(tmp_path):
     path = write_tarball(tmp_path / "cifar-10-python.tar.gz", cifar_arrays(20), 20, skip=("data_batch_2",))
     with pytest.raises(DataError, match=f"{path}: archive lacks cifar-10-batches-py/data_batch_2"):
-        load_cifar10(tmp_path, per_batch=20)
+        load_dataset("cifar10", tmp_path, download=False, per_batch=20)
 
 
 def test_bad_batch_inside_tarball_names_tarball_and_file(tmp_path):
     path = write_tarball(tmp_path / "cifar-10-python.tar.gz", cifar_arrays(20), 20)
     shape = "\\(21, 3072\\)"
     with pytest.raises(DataError, match=f"{path}: .*/data_batch_1: 'data' must be a uint8 array of shape {shape}"):
-        load_cifar10(tmp_path, per_batch=21)
+        load_dataset("cifar10", tmp_path, download=False, per_batch=21)
 
 
 def test_unwritable_cache_says_how_to_fix(cifar_tarball, tmp_path, monkeypatch):
@@ -130,7 +130,7 @@ def test_unwritable_cache_says_how_to_fix(cifar_tarball, tmp_path, monkeypatch):
     blocker.write_text("x")
     monkeypatch.setenv("FASTZHANG_CACHE", str(blocker / "cache"))  # under a file: even root cannot
     with pytest.raises(DataError, match="not writable.*FASTZHANG_CACHE"):
-        load_cifar10(cifar_tarball.root, per_batch=20)
+        load_dataset("cifar10", cifar_tarball.root, download=False, per_batch=20)
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from conftest import batch_dict, py2_pickle
 
 from fastzhang.data import safe_pickle
-from fastzhang.data.sources import load_cifar10
+from fastzhang.data.sources import load_dataset
 from fastzhang.errors import DataError
 
 
@@ -62,7 +62,7 @@ def test_payload_hidden_in_labels_of_a_batch_folder(cifar_python, tmp_path):
     entries[b"labels"][7] = OpenCall(target)
     bad.write_bytes(py2_pickle(entries))  # official style up to the payload
     with pytest.raises(DataError, match="data_batch_4.*refused.*open"):
-        load_cifar10(cifar_python.root, per_batch=20)
+        load_dataset("cifar10", cifar_python.root, download=False, per_batch=20)
     assert not target.exists()
 
 

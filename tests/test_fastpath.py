@@ -30,7 +30,7 @@ from fastzhang.errors import UsageError
 from fastzhang.models.build import build_model
 from fastzhang.train import engine, state
 from fastzhang.train.fastpath import (
-    Speed, TrainStep, _clone_tree, _restore_optimizer, cpu_has_native_bf16, evaluate, resolve_speed,
+    Speed, TrainStep, _restore, _snapshot, cpu_has_native_bf16, evaluate, resolve_speed,
 )
 from fastzhang.train.loaders import make_loader
 
@@ -135,26 +135,29 @@ def test_explicit_switches_win_and_graphs_need_cuda():
 # Optimizer state: what the capture saves and restores, and a tensor lr
 
 
-def test_restore_optimizer_puts_back_every_buffer_in_place():
+def test_restore_puts_back_every_weight_and_buffer_in_place():
     model = build_model("mlp1", seed=0)
     opt = sgd(model)
     x, y = data(16)
+    fresh = _snapshot(model, opt)  # before the first step: no momentum buffer yet
     for _ in range(2):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    saved = _clone_tree(opt.state_dict()["state"])
+    saved = _snapshot(model, opt)
     live = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    weight = next(model.parameters())
     for _ in range(2):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    assert not torch.equal(live[0], saved[0]["momentum_buffer"])
-    _restore_optimizer(opt, saved)
-    for index, p in enumerate(model.parameters()):
-        assert opt.state[p]["momentum_buffer"] is live[index]  # same storage: a graph holds its address
-        assert torch.equal(live[index], saved[index]["momentum_buffer"])
-    _restore_optimizer(opt, {})  # nothing saved (a fresh optimizer): buffers become zeros
+    assert not torch.equal(live[0], saved["optimizer"][weight]["momentum_buffer"])
+    _restore(model, opt, saved)
+    for p, buf in zip(model.parameters(), live):
+        assert opt.state[p]["momentum_buffer"] is buf  # same storage: a graph holds its address
+        assert torch.equal(buf, saved["optimizer"][p]["momentum_buffer"])
+    assert next(model.parameters()) is weight and torch.equal(weight, saved["model"]["hidden.0.weight"])
+    _restore(model, opt, fresh)  # nothing saved (a fresh optimizer): buffers become zeros
     assert all(not buf.any() for buf in live)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,13 +39,13 @@ class DiskFault:
     def __init__(self, monkeypatch, folder: Path, call: str, code: int, nth: int, watched: tuple[Path, ...]):
         self.folder, self.call, self.code, self.nth, self.watched = folder, call, code, nth, watched
         self.writes, self.fired, self.snapshot = 0, 0, None
-        real_mkstemp, real_fsync, real_replace = tempfile.mkstemp, os.fsync, os.replace
+        real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
 
-        def mkstemp(*args, dir=None, **kwargs):
-            if self._here(dir):
+        def create(path, *args, **kwargs):  # atomicio creates its temporary file with os.open
+            if os.fspath(path).endswith(".tmp") and self._here(os.path.dirname(os.fspath(path))):
                 self.writes += 1
-                self._maybe_fail("mkstemp")
-            return real_mkstemp(*args, dir=dir, **kwargs)
+                self._maybe_fail("open")
+            return real_open(path, *args, **kwargs)
 
         def fsync(fd):
             name = os.readlink(f"/proc/self/fd/{fd}")
@@ -59,7 +58,7 @@ class DiskFault:
                 self._maybe_fail("replace")
             return real_replace(src, dst, **kwargs)
 
-        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(os, "open", create)
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "replace", replace)
 
@@ -96,7 +95,7 @@ def _assert_equals_reference(root: Path, reference: Path) -> dict:
     return entry.payload
 
 
-FAULTS = [("fsync", errno.ENOSPC), ("mkstemp", errno.EACCES), ("replace", errno.EROFS)]
+FAULTS = [("fsync", errno.ENOSPC), ("open", errno.EACCES), ("replace", errno.EROFS)]
 FAULT_IDS = ["ENOSPC-at-fsync", "EACCES-at-create", "EROFS-at-rename"]
 
 

@@ -160,7 +160,7 @@ def test_status_other_folders(lab, capsys, tmp_path):
 
 def test_clean_yes_deletes_everything_of_one_experiment_only(lab, capsys):
     ck = lab / "checkpoints"
-    C.save(ckpt(DONE, 2, epochs=2), C.best_path(ck, DONE), keep_previous=False)
+    C.save(ckpt(DONE, 2, epochs=2), C.best_path(ck, DONE))
     C.save(ckpt(DONE, 2, epochs=2), C.latest_path(ck, DONE))  # makes a .prev
     (ck / f"{DONE}_checkpoint.pth.corrupt-20240101_000000").write_bytes(b"x")
     (ck / f".{DONE}_checkpoint.pth.k2j4h5g6.tmp").write_bytes(b"x")  # left by a killed writer

@@ -1,12 +1,9 @@
 """What each task of a batch would do, and how long the batch has left.
 
-`intents` reads, without writing anything, where every task stands: completed
-(a results file says so), busy elsewhere (its lock is held), resumable at some
-epoch (a verified checkpoint), or new. `EpochClock` knows how long an epoch of a
-kind of experiment takes, test evaluation included, from the epoch times recorded
-in earlier results files and in the checkpoints of the batch's own runs: the same model, data set,
-training subset and kind of device (cpu / cuda). An estimate is a sum of epochs
-left times those epoch times, divided among the runs that go at once.
+`intents` reads, without writing anything, where every task stands: completed (a results
+file says so), busy elsewhere (its lock is held), resumable at some epoch (a verified
+checkpoint), or new. An estimate is the epochs left times the epoch times measured for the
+same model, data set, training subset and device kind, divided among the runs at once.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ class Intent:
     epoch_times: tuple = ()  # the seconds of each epoch its checkpoint records (epoch_times)
     why: str = ""  # FAIL: what would refuse the run
 
-
     @property
     def epochs_left(self) -> int:
         return 0 if self.action in (SKIP, BUSY, FAIL) else self.task.config.epochs - self.epoch
@@ -50,9 +46,7 @@ class Intent:
 
 def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> list[Intent]:
     """Where each task stands now; reads results, locks and checkpoints (each once), writes nothing.
-
-    `ours`: the batch runs these itself right now, so a held lock is its own run's.
-    """
+    `ours`: the batch runs these itself right now, so a held lock is its own run's."""
     from fastzhang import checkpoint, lock, results
     from fastzhang.train.state import progress
 
@@ -75,10 +69,9 @@ def intents(tasks: list[Task], opts: BatchOptions, *, ours: bool = False) -> lis
 
 
 def refusal(task: Task, gpus_visible: bool | None) -> tuple[str | None, str | None]:
-    """(why the run would be refused before training, a note on its data) as far as can be known
-    without loading anything: a CUDA device where none is visible (`gpus_visible` None: a Ray cluster's,
-    unknown here), a data folder named but missing or holding the other data set; data absent is a note,
-    the run downloads it."""
+    """(why the run would be refused, a note on its data), known without loading anything: a CUDA device
+    where none is visible (`gpus_visible` None: a Ray cluster's, unknown), a data folder named but missing
+    or holding the other data set; absent data is a note (the run downloads it)."""
     from fastzhang.data import download
     from fastzhang.data.cifar import SPECS
     from fastzhang.errors import DataError
@@ -99,29 +92,22 @@ def refusal(task: Task, gpus_visible: bool | None) -> tuple[str | None, str | No
     return None, f"no {spec.title} in {root}: each run of it would download it first ({download.official(spec)[0]})"
 
 
-def device_kind(device: str, gpus_visible: bool) -> str:
-    """"cuda" or "cpu" for a config's `device` ("auto" follows the GPUs the batch sees)."""
-    if device == "auto":
-        return "cuda" if gpus_visible else "cpu"
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
 def _kind_key(config: dict, kind: str) -> tuple:
     return config.get("model"), config.get("dataset"), config.get("train_subset"), kind
 
 
 class EpochClock:
-    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far.
+    """Median seconds per epoch for each (model, data set, subset, device kind) seen so far: the training
+    and test seconds of each epoch (results files, checkpoints) or, better, a running batch's wall time per
+    epoch of its own finished runs (`finished`: it counts checkpoints and start-up too). `time_left` reads
+    where every task stands once, at its first call (a queued checkpoint does not change)."""
 
-    Two sources: the training and test seconds of each epoch (`epoch_times` of results files
-    and checkpoints), and, better where the batch has it, the wall time per epoch of its own
-    finished runs (`wall`), which also counts checkpoints and start-up.
-    """
-
-    def __init__(self, gpus_visible: bool, wall: dict[tuple, list[float]] | None = None):
-        self.gpus_visible = gpus_visible
+    def __init__(self, gpus_visible: bool, opts: BatchOptions | None = None, at_once: int = 1):
+        self.gpus_visible, self.opts, self.at_once = gpus_visible, opts, at_once
         self.seconds: dict[tuple, list[float]] = {}
-        self.wall = wall or {}
+        self.wall: dict[tuple, list[float]] = {}
+        self.plan: dict[str, Intent] | None = None  # time_left's first reading
+        self.began: dict[str, float] = {}  # time.monotonic() when the batch first saw a task running
 
     def add(self, config: dict, kind: str, times: list) -> None:
         if times:
@@ -141,13 +127,13 @@ class EpochClock:
             self.add(intent.task.config.to_dict(), self.kind(intent.task), list(intent.epoch_times))
 
     def kind(self, task: Task) -> str:
-        return device_kind(task.config.device, self.gpus_visible)
-
-    def key(self, task: Task) -> tuple:
-        return _kind_key(task.config.to_dict(), self.kind(task))
+        """"cuda" or "cpu" for a task's `device` ("auto" follows the GPUs the batch sees)."""
+        device = task.config.device
+        return "cuda" if device.startswith("cuda") or (device == "auto" and self.gpus_visible) else "cpu"
 
     def epoch_seconds(self, task: Task) -> float | None:
-        times = self.wall.get(self.key(task)) or self.seconds.get(self.key(task))
+        key = _kind_key(task.config.to_dict(), self.kind(task))
+        times = self.wall.get(key) or self.seconds.get(key)
         return median(times) if times else None
 
     def seconds_left(self, todo: list[Intent], at_once: int) -> tuple[float, int]:
@@ -161,49 +147,35 @@ class EpochClock:
                 total += intent.epochs_left * per_epoch
         return total / max(1, at_once), unknown
 
-
-class BatchClock:
-    """The batch's time left after each run, without reading a checkpoint twice.
-
-    At its first estimate it reads where every task stands (`intents`, each checkpoint once:
-    a queued checkpoint does not change) and the results folder's epoch times; after that it
-    learns only from the batch's own runs: `finished(task, seconds)` adds that run's results
-    file and its wall time per epoch, and a running run's estimate shrinks by the time it has run.
-    """
-
-    def __init__(self, opts: BatchOptions, gpus_visible: bool, at_once: int):
-        self.opts, self.at_once = opts, at_once
-        self.clock = EpochClock(gpus_visible)
-        self.plan: dict[str, Intent] | None = None
-        self.began: dict[str, float] = {}  # time.monotonic() when the batch first saw a task running
-
     def finished(self, task: Task, seconds: float) -> None:
+        """The batch's run of `task` ended after `seconds`: its results file's epochs and its wall time."""
         from fastzhang import results
 
         found = results.find_completed(self.opts.results_dir, task.experiment_id, report=False)
         if found is None:
             return
-        config, kind = task.config.to_dict(), self.clock.kind(task)
-        self.clock.add(config, kind, epoch_times(found[1]["metrics"]))
+        config, kind = task.config.to_dict(), self.kind(task)
+        self.add(config, kind, epoch_times(found[1]["metrics"]))
         intent = (self.plan or {}).get(task.experiment_id)
         epochs = found[1]["total_epochs"] - (intent.epoch if intent else 0)
         if epochs > 0:
-            self.clock.wall.setdefault(_kind_key(config, kind), []).append(seconds / epochs)
+            self.wall.setdefault(_kind_key(config, kind), []).append(seconds / epochs)
 
     def time_left(self, queued: list[Task], running: list[Task]) -> str:
+        """The running batch's time left; a running run's estimate shrinks by the time it has run."""
         import time
 
         if self.plan is None:
             first = intents(queued, self.opts) + intents(running, self.opts, ours=True)
             self.plan = {intent.task.experiment_id: intent for intent in first}
-            self.clock.add_results(self.opts.results_dir)
-            self.clock.add_intents(first)
+            self.add_results(self.opts.results_dir)
+            self.add_intents(first)
         now = time.monotonic()
         for task in running:
             self.began.setdefault(task.experiment_id, now)
         todo = [self.plan.get(t.experiment_id) or Intent(t, RUN) for t in queued + running]
-        seconds, unknown = self.clock.seconds_left(todo, 1)
-        seconds -= sum(now - self.began[t.experiment_id] for t in running if self.clock.epoch_seconds(t))
+        seconds, unknown = self.seconds_left(todo, 1)
+        seconds -= sum(now - self.began[t.experiment_id] for t in running if self.epoch_seconds(t))
         return time_left_text(max(0.0, seconds) / max(1, self.at_once), unknown)
 
 

@@ -1,24 +1,17 @@
 """The local backend: a pool of `fastzhang run` processes on this machine.
 
-Each run is its own process (`python -m fastzhang run --config R --quiet ...`),
-so a crash, an out-of-memory kill or a bad recipe ends one run and nothing
-else, and every guarantee of `run` (lock, completion check, checkpoints,
-signals) holds unchanged. With GPUs, each run sees one GPU through
-CUDA_VISIBLE_DEVICES (set before the child imports torch) and up to K runs share
-a GPU; without, N runs share the cores and each gets cores // N threads, so N
-workers do not oversubscribe the machine.
-
-Runs start in their own session: a Ctrl-C at the terminal reaches the batch
-only, which passes each signal it gets on to every run once (in the terminal's
-process group a run would get a Ctrl-C twice, and a second signal makes `run`
-give up without finishing its checkpoint).
-
-`fastzhang run` exits 0 both when it trained and when it found the experiment
-completed; the results file tells the two apart (it names the process that wrote it).
+Each run is its own process, so a crash, an out-of-memory kill or a bad recipe ends one
+run and nothing else, and every guarantee of `run` holds unchanged. With GPUs, each run
+sees one GPU through CUDA_VISIBLE_DEVICES and up to K runs share a GPU; without, N runs
+share the cores with cores // N threads each. Runs start in their own session: a Ctrl-C
+reaches the batch only, which passes each signal on to every run once (in the terminal's
+process group a run would get it twice, and a second signal makes `run` give up without
+finishing its checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -35,7 +28,7 @@ from fastzhang.batch.plan import (
     BUSY, EXIT_LOCK_HELD, FAILED, RAN, SKIPPED, STOPPED, BatchOptions, BatchReport, Progress, RunResult, Task,
     check_limits, pinned_device, split_completed,
 )
-from fastzhang.batch.estimate import BatchClock
+from fastzhang.batch.estimate import EpochClock
 from fastzhang.stop import stop_signals
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -75,9 +68,7 @@ def usable_cores() -> int:
 def capacity(gpus: list[str], runs_per_gpu: int, max_parallel: int | None) -> int:
     """How many runs at once: K per GPU (capped by --max-parallel), else --max-parallel (default 1)."""
     check_limits(runs_per_gpu, max_parallel)
-    if gpus:
-        return min(len(gpus) * runs_per_gpu, max_parallel or len(gpus) * runs_per_gpu)
-    return max_parallel or 1
+    return min(len(gpus) * runs_per_gpu, max_parallel or len(gpus) * runs_per_gpu) if gpus else max_parallel or 1
 
 
 def chosen_threads(env: dict[str, str]) -> str | None:
@@ -88,11 +79,9 @@ def chosen_threads(env: dict[str, str]) -> str | None:
 def worker_env(base: dict[str, str], *, gpu: str | None, threads: int) -> dict[str, str]:
     """The child's environment: its one GPU, and the user's thread count (else `threads`) in both
     variables, so torch, which follows MKL's when set, uses the count the batch announced."""
-    env = dict(base)
+    env = {**base, **dict.fromkeys(THREAD_VARS, chosen_threads(base) or str(threads))}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    count = chosen_threads(base) or str(threads)
-    env.update(dict.fromkeys(THREAD_VARS, count))
     return env
 
 
@@ -101,8 +90,7 @@ def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
            "--checkpoint-dir", str(opts.checkpoint_dir), "--results-dir", str(opts.results_dir)]
     if task.config.data_dir is not None:
         cmd += ["--data-dir", task.config.data_dir]
-    device = pinned_device(task.config) if pinned else None
-    if device:
+    if pinned and (device := pinned_device(task.config)):
         cmd += ["--device", device]
     if task.config.use_wandb:
         cmd.append("--use_wandb")
@@ -111,30 +99,20 @@ def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
     return cmd
 
 
-def _pick_gpu(gpus: list[str], running: list[_Running], runs_per_gpu: int) -> str | None:
-    """The least loaded GPU with room for one more run."""
-    load = {g: 0 for g in gpus}
-    for r in running:
-        load[r.gpu] += 1
-    gpu = min(gpus, key=lambda g: load[g])
-    return gpu if load[gpu] < runs_per_gpu else None
-
-
 def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, max_parallel: int | None = None,
               gpus: list[str] | None = None) -> BatchReport:
     """Run `tasks` with the pool; `gpus` (CUDA_VISIBLE_DEVICES entries) defaults to those visible."""
-    check_limits(runs_per_gpu, max_parallel)
     todo, skipped = split_completed(tasks, opts.results_dir, opts.force)
     report = BatchReport(len(tasks), list(skipped))
     if not todo:
         return report
     gpus = visible_gpus() if gpus is None else gpus
-    slots = capacity(gpus, runs_per_gpu, max_parallel)
+    slots = capacity(gpus, runs_per_gpu, max_parallel)  # checks the limits
     threads = max(1, usable_cores() // slots)
     queue: deque[Task] = deque(todo)
     running: list[_Running] = []
 
-    clock = None if opts.quiet else BatchClock(opts, bool(gpus), slots)  # only shown without --quiet
+    clock = None if opts.quiet else EpochClock(bool(gpus), opts, slots)  # only shown without --quiet
 
     def time_left() -> str:
         return clock.time_left(list(queue), [r.task for r in running])
@@ -149,13 +127,15 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
 
     def pass_on(signum: int) -> None:
         for r in running:
-            _signal_group(r.proc, signum)
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.killpg(r.proc.pid, signum)
 
     with stop_signals(on_signal=pass_on) as stop:
         while running or (queue and stop.signum is None):
             while queue and stop.signum is None and len(running) < slots:
-                gpu = _pick_gpu(gpus, running, runs_per_gpu) if gpus else None
-                if gpus and gpu is None:
+                load = {g: sum(r.gpu == g for r in running) for g in gpus}
+                gpu = min(gpus, key=load.get) if gpus else None  # the least loaded GPU, if it has room
+                if gpus and load[gpu] >= runs_per_gpu:
                     break
                 task = queue.popleft()
                 running.append(_launch(task, opts, gpu, threads))
@@ -166,7 +146,9 @@ def run_local(tasks: list[Task], opts: BatchOptions, *, runs_per_gpu: int = 1, m
                 result = _finished(r, stop.signum, opts)
                 if clock and result.status == RAN:
                     clock.finished(r.task, result.seconds)
-                _echo_output(r, result, progress)
+                if not progress.quiet or result.status == FAILED:  # the run's own lines, prefixed with its ID
+                    for line in filter(str.strip, r.output.splitlines()):
+                        progress.out(f"[{r.task.experiment_id}] {line}")
                 progress.finish(result, len(running))
         report.stop_signal = stop.signum
     report.results += progress.results
@@ -186,25 +168,12 @@ def _launch(task: Task, opts: BatchOptions, gpu: str | None, threads: int) -> _R
     return _Running(task, proc, log, log.tell(), gpu, time.monotonic())
 
 
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:
-        pass  # already gone
-
-
-def _output(r: _Running) -> str:
-    """What the run printed (its log also gained its time-stamped epoch lines meanwhile)."""
-    r.log.close()
-    with open(r.log.name, "rb") as f:
-        f.seek(r.log_start)
-        return runlog.printed(f.read().decode("utf-8", "replace"))
-
-
 def _finished(r: _Running, stop_signal: int | None, opts: BatchOptions) -> RunResult:
+    r.log.close()
+    with open(r.log.name, "rb") as f:  # what the run printed, without the epoch lines its log gained meanwhile
+        f.seek(r.log_start)
+        r.output = runlog.printed(f.read().decode("utf-8", "replace"))
     code = r.proc.returncode
-    text = _output(r)
-    r.output = text
     seconds = time.monotonic() - r.started
     where = f"GPU {r.gpu}" if r.gpu is not None else ""
     if code == 0:
@@ -216,34 +185,16 @@ def _finished(r: _Running, stop_signal: int | None, opts: BatchOptions) -> RunRe
         code = 128 - code
     if stop_signal is not None and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         return RunResult(r.task, STOPPED, code, seconds=seconds, where=where)
-    return RunResult(r.task, FAILED, code, detail=_error_line(text), seconds=seconds, where=where)
+    lines = [line.strip() for line in r.output.splitlines() if line.strip()]
+    errors = [line.removeprefix("fastzhang: error:").strip() for line in lines if line.startswith("fastzhang: error:")]
+    return RunResult(r.task, FAILED, code, detail=(errors or lines or [""])[-1], seconds=seconds, where=where)
 
 
 def trained_by(results_dir: Path, experiment_id: str, pid: int) -> bool:
-    """Whether the run `pid` (on this host), which exited 0, trained the experiment.
-
-    If not, it found the experiment completed by another process: the newest
-    completed results file names a different writer. With no completed file at
-    all (deleted meanwhile), exit 0 counts as trained.
-    """
+    """Whether the run `pid` (on this host), which exited 0, trained the experiment: it exits 0 also when it
+    found it completed, and then the newest completed results file (if any is left) names another writer."""
     found = results.find_completed(results_dir, experiment_id, report=False)
     if found is None:
         return True
     writer = found[1]["environment"]
     return writer.get("pid") == pid and writer.get("hostname") == platform.node()
-
-
-def _error_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line.removeprefix("fastzhang: error:").strip() for line in lines if line.startswith("fastzhang: error:")]
-    return (errors or lines or [""])[-1]
-
-
-def _echo_output(r: _Running, result: RunResult, progress: Progress) -> None:
-    """The run's own lines, prefixed with its ID; failures are shown even with --quiet."""
-    if progress.quiet and result.status != FAILED:
-        return
-    for line in r.output.splitlines():
-        if line.strip():
-            progress.out(f"[{r.task.experiment_id}] {line}")
-

@@ -1,21 +1,11 @@
 """The Ray backend: each experiment is a Ray task on an existing cluster or a local instance.
 
-Ray places the tasks (a fraction 1/K of a GPU each, or one CPU) and retries a
-task whose worker died; our own guarantees make that safe. Every task calls
-`run_experiment`, which skips a completed experiment, resumes from the last
-checkpoint and holds the experiment's lock, so a retry continues where the dead
-worker stopped and a duplicate does no double work. Checkpoints and results go
-to folders every worker sees (absolute paths; on a cluster, a shared file
-system).
-
-Failures that are our own (FastZhangError: bad recipe, missing data, failed
-write) are answers, not crashes: the task returns them and Ray does not retry
-them. Only a dead worker (SIGKILL, OOM kill, lost node) is retried.
-
-A retry can find the lock still held by the attempt it replaces: flock is
-released when the killed process is gone, which on one machine is at once but
-on NFS can take until the dead client's lease expires. The task then waits up
-to LOCK_GRACE_SECONDS for the lock before it reports the experiment busy.
+Ray places the tasks (1/K of a GPU each, or one CPU) and retries a task whose worker died
+(SIGKILL, OOM kill, lost node): every task calls `run_experiment`, which skips a completed
+experiment, resumes from the last checkpoint and holds the experiment's lock, so a retry
+continues where the dead worker stopped. Our own failures (FastZhangError) are answers the
+task returns, never retried. A retry can find the lock still held by the attempt it
+replaces (on NFS until the dead client's lease expires): it waits up to LOCK_GRACE_SECONDS.
 """
 
 from __future__ import annotations
@@ -49,16 +39,10 @@ def import_ray():
     return ray
 
 
-# ------------------------------------------------------------------------------------------
-# The task (runs in a Ray worker; plain values in, plain values out)
-
-
 def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: str | None,
              lock_grace_s: float = LOCK_GRACE_SECONDS, threads: str | None = None) -> dict:
-    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}.
-
-    `threads`: the count the user set on the driver (a worker's environment is Ray's, 1 thread per CPU).
-    """
+    """Run one experiment; returns {status, exit_code, detail, results_path, pid, host}. `threads`: the count
+    the user set on the driver (a worker's environment is Ray's, 1 thread per CPU)."""
     if threads:
         import torch
 
@@ -66,6 +50,7 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
     from fastzhang.config import ExperimentConfig
     from fastzhang.errors import FastZhangError, LockHeld
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
+    from fastzhang.lock import ExperimentLock
 
     answer = {"pid": os.getpid(), "host": platform.node(), "results_path": None, "detail": ""}
     try:
@@ -76,13 +61,17 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
         opts = RunOptions(checkpoint_dir=Path(checkpoint_dir), results_dir=Path(results_dir), force=force, quiet=True)
         deadline = time.monotonic() + lock_grace_s
         while True:
-            _wait_for_lock(Path(checkpoint_dir), eid, deadline)
             try:
+                # Probe by taking the lock for a moment (on NFS an exclusive flock needs a file open for
+                # writing) before run_experiment loads anything; it may still be taken in between.
+                with ExperimentLock(Path(checkpoint_dir), eid):
+                    pass
                 outcome = run_experiment(cfg, opts)
                 break
-            except LockHeld:  # taken between the wait and the run
+            except LockHeld:
                 if time.monotonic() >= deadline:
                     raise
+                time.sleep(_WAIT_SECONDS)
     except Interrupted as e:
         return {**answer, "status": STOPPED, "exit_code": e.exit_code, "detail": str(e)}
     except FastZhangError as e:
@@ -92,31 +81,9 @@ def run_task(config: dict, checkpoint_dir: str, results_dir: str, force_mark: st
     return {**answer, "status": status, "exit_code": 0, "results_path": str(outcome.results_path)}
 
 
-def _wait_for_lock(checkpoint_dir: Path, eid: str, deadline: float) -> None:
-    """Until the experiment's lock is free or the deadline passes (run_experiment then says LockHeld).
-
-    Probes by taking the lock for a moment: on NFS an exclusive flock needs a file
-    open for writing, which ExperimentLock has.
-    """
-    from fastzhang.errors import LockHeld
-    from fastzhang.lock import ExperimentLock
-
-    while True:
-        try:
-            with ExperimentLock(checkpoint_dir, eid):
-                return
-        except LockHeld:
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(_WAIT_SECONDS)
-
-
 def _started_since(mark: Path, checkpoint_dir: Path, results_dir: Path, eid: str) -> bool:
     """Whether this batch already (re)started the experiment, so a retry must not --force again.
-
-    `mark` was touched by the driver when the batch began; comparing mtimes on the
-    same file system keeps clocks of different machines out of it.
-    """
+    Comparing mtimes with `mark`'s on the same file system keeps the machines' clocks out of it."""
     from fastzhang import checkpoint, results
 
     try:
@@ -127,14 +94,10 @@ def _started_since(mark: Path, checkpoint_dir: Path, results_dir: Path, eid: str
     return any(p.exists() and p.stat().st_mtime >= since for p in ours)
 
 
-# ------------------------------------------------------------------------------------------
-# The driver
-
-
 def task_config(task: Task) -> dict:
     """The task's config with paths the workers can use: absolute, relative to this directory."""
     values = task.config.to_dict()
-    if task.config.dataset == "cifar10":
+    if task.config.dataset != "synthetic":  # CIFAR-10 and CIFAR-100 alike
         from fastzhang.data.download import resolve_data_dir
 
         values["data_dir"] = str(resolve_data_dir(task.config.data_dir).resolve())
@@ -163,7 +126,11 @@ def run_ray(tasks: list[Task], opts: BatchOptions, *, address: str | None = None
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address)
-    mark = _touch_mark(ckpt_dir) if opts.force else None
+    mark = None
+    if opts.force:  # touched when the batch began: a retry that finds newer files must not --force again
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        mark = ckpt_dir / f".fastzhang-batch-{uuid.uuid4().hex}.started"
+        mark.touch()
     try:
         report.results += _drive(ray, todo, opts, mark, runs_per_gpu, max_parallel, report)
     finally:
@@ -172,13 +139,6 @@ def run_ray(tasks: list[Task], opts: BatchOptions, *, address: str | None = None
         if started_here:
             ray.shutdown()
     return report
-
-
-def _touch_mark(checkpoint_dir: Path) -> Path:
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    mark = checkpoint_dir / f".fastzhang-batch-{uuid.uuid4().hex}.started"
-    mark.touch()
-    return mark
 
 
 def _drive(ray, todo: list[Task], opts: BatchOptions, mark: Path | None, runs_per_gpu: int,

@@ -19,10 +19,8 @@ SUBCOMMANDS = ("run", "status", "clean", "batch", "report", "models", "data")
 
 
 class Parser(argparse.ArgumentParser):
-    """Bad flags get one line and exit code 2, like every other bad input.
-
-    Abbreviations are off: `--epoch 3` is an error, not a silent `--epochs 3`.
-    """
+    """Bad flags get one line and exit code 2, like every other bad input; `--epoch 3` is an error, not a
+    silent `--epochs 3` (no abbreviations)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
@@ -56,25 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; `argv` None means this process is the `fastzhang` program itself."""
-    code = _dispatch(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except FastZhangError as e:
+        print(f"fastzhang: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        # A second SIGINT / SIGTERM during training (a checkpoint being written is finished
+        # first), or Ctrl-C before training starts: at most unsaved steps are lost.
+        print("fastzhang: interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        code = 130
     if argv is None and code in (130, 143):
         # The process ends now, stopped by a signal; one more (the user pressing Ctrl-C
         # again) would only print a traceback from the interpreter's shutdown.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
     return code
-
-
-def _dispatch(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except FastZhangError as e:
-        print(f"fastzhang: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        # A second SIGINT / SIGTERM during training (the first one checkpoints and stops
-        # gracefully; a checkpoint being written is finished first), or Ctrl-C before
-        # training starts. Files are written atomically: at most unsaved steps are lost.
-        print("fastzhang: interrupted; the last complete checkpoint is kept", file=sys.stderr)
-        return 130

@@ -23,25 +23,18 @@ def add_parser(sub) -> None:
 
 
 def run_info(args) -> int:
+    import numpy as np
+
     from fastzhang.data.sources import load_dataset
 
     start = time.perf_counter()
     arrays = load_dataset(args.dataset, args.data_dir, download=not args.no_download)
     seconds = time.perf_counter() - start
-    print("\n".join(describe(arrays, seconds)))
-    return 0
-
-
-def describe(arrays, seconds: float | None = None) -> list[str]:
-    """The lines `data info` prints, from a CifarArrays."""
-    import numpy as np
-
     lines = [f"source:       {arrays.source}", f"layout:       {arrays.layout}"]
-    if arrays.batches_dir and arrays.batches_dir != arrays.source:
+    if arrays.batches_dir != arrays.source:
         lines.append(f"extracted to: {arrays.batches_dir}")
-    lines += [f"train images: {len(arrays.train_labels):,}", f"test images:  {len(arrays.test_labels):,}"]
-    if seconds is not None:
-        lines.append(f"load time:    {seconds:.2f} s")
+    lines += [f"train images: {len(arrays.train_labels):,}", f"test images:  {len(arrays.test_labels):,}",
+              f"load time:    {seconds:.2f} s"]
     train = np.bincount(arrays.train_labels, minlength=arrays.num_classes)
     test = np.bincount(arrays.test_labels, minlength=arrays.num_classes)
     digits, width = len(str(arrays.num_classes - 1)), max(12, *map(len, arrays.classes))
@@ -49,7 +42,7 @@ def describe(arrays, seconds: float | None = None) -> list[str]:
     for k, name in enumerate(arrays.classes):
         lines.append(f"{k:<{digits}} {name:<{width}}{train[k]:>8,}{test[k]:>8,}")
     lines.append(f"fingerprint:          {arrays.fingerprint}  ({arrays.fingerprint_name or 'unknown data set'})")
-    if arrays.content_fingerprint:
-        name = arrays.content_fingerprint_name or "unknown images and labels"
-        lines.append(f"content fingerprint:  {arrays.content_fingerprint}  ({name}; order-independent)")
-    return lines
+    name = arrays.content_fingerprint_name or "unknown images and labels"
+    lines.append(f"content fingerprint:  {arrays.content_fingerprint}  ({name}; order-independent)")
+    print("\n".join(lines))
+    return 0

@@ -53,23 +53,17 @@ _VALUE_FLAGS = (
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, metavar="RECIPE", help="YAML recipe (flags override its values)")
     listed = _listed()
-    named = _choices()
+    named = choices()  # the usage shows the names; config.py checks them (and suggests the closest)
     for flag, dest, kind, text in _VALUE_FLAGS:
-        choices = named.get(dest)
+        names = named.get(dest)
         p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text.format(**listed),
-                       metavar="{" + ",".join(choices) + "}" if choices else None)
+                       metavar="{" + ",".join(names) + "}" if names else None)
     p.add_argument("--random-crop", dest="random_crop", action="store_true", default=argparse.SUPPRESS,
                    help="random 28x28 crops for training (default: center crop)")
     p.add_argument("--no-random-crop", dest="random_crop", action="store_false", default=argparse.SUPPRESS,
                    help="center crops (overrides a recipe's random_crop: true)")
     p.add_argument("--use_wandb", "--use-wandb", dest="use_wandb", action="store_true",
                    default=argparse.SUPPRESS, help="log to Weights & Biases (needs fastzhang[wandb])")
-
-
-def _choices() -> dict[str, tuple[str, ...]]:
-    """Flags whose values are names, read when the parser is built: the usage shows them; config.py
-    checks them (and suggests the closest)."""
-    return choices()
 
 
 EXAMPLES = """examples:
@@ -121,35 +115,29 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace, resume_payload: dict | None = None) -> ExperimentConfig:
-    """The run's config; with --resume-from and no recipe, the checkpoint's settings under the flags.
-
-    `resume_payload`: the --resume-from file when the caller has read it already (read here otherwise).
-    """
+def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict | None]:
+    """The run's config and the --resume-from checkpoint's payload, read once: with no recipe, the
+    checkpoint's settings under the flags given are the config (check_resumable compares them)."""
     fields = set(ExperimentConfig.__dataclass_fields__)
     given = {k: v for k, v in vars(args).items() if k in fields}
-    if args.config is not None:
-        return ExperimentConfig.from_yaml(args.config, overrides=given)
-    resume = getattr(args, "resume_from", None)
-    if resume is not None:  # the checkpoint's own settings; flags given override, check_resumable compares
+    payload = None
+    if args.resume_from is not None:
         from fastzhang.experiment import read_resume_file, resume_settings
 
-        payload = resume_payload if resume_payload is not None else read_resume_file(resume)
-        return ExperimentConfig.from_mapping({**resume_settings(payload, resume), **given},
-                                             source=f"{resume} and flags")
+        payload = read_resume_file(args.resume_from)
+    if args.config is not None:
+        return ExperimentConfig.from_yaml(args.config, overrides=given), payload
+    if payload is not None:
+        return ExperimentConfig.from_mapping({**resume_settings(payload, args.resume_from), **given},
+                                             source=f"{args.resume_from} and flags"), payload
     if "model" not in given:
         raise UsageError("run needs --config RECIPE or --model NAME (or --resume-from CHECKPOINT), "
                          "e.g. fastzhang run --config recipes/demo/mlp1_true_labels.yaml; see fastzhang run --help")
-    return ExperimentConfig.from_mapping(given, source="flags")
+    return ExperimentConfig.from_mapping(given, source="flags"), None
 
 
 def _run(args: argparse.Namespace) -> int:
-    payload = None
-    if args.resume_from is not None:  # read once: alone, its settings are the config
-        from fastzhang.experiment import read_resume_file
-
-        payload = read_resume_file(args.resume_from)
-    cfg = config_from_args(args, payload)  # a bad recipe or flag is refused before torch is even imported
+    cfg, payload = config_from_args(args)  # a bad recipe or flag is refused before torch is even imported
     from fastzhang.experiment import Interrupted, RunOptions, run_experiment
 
     opts = RunOptions(checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir, force=args.force,
@@ -181,7 +169,7 @@ def command_used(args: argparse.Namespace, cfg: ExperimentConfig | None, *extra:
         words += ["--config", str(args.config)]
     if resume:
         words += ["--resume-from", str(args.resume_from)]
-    elif args.config is None and getattr(args, "resume_from", None) is not None:
+    elif args.config is None and args.resume_from is not None:
         default = ExperimentConfig()
         given = {dest: value for dest, value in cfg.to_dict().items()
                  if value != getattr(default, dest) or dest == "model"}
@@ -207,12 +195,14 @@ def completion_block(outcome, args, cfg: ExperimentConfig) -> str:
     from fastzhang.results import how_it_ended  # orjson: not at every CLI start
 
     clean = shlex.join(["fastzhang", "clean", outcome.experiment_id, *output_words(args)])
+    shown = str(outcome.results_path)  # as the user's examples show it: ./results/... when relative
+    shown = shown if outcome.results_path.is_absolute() or shown.startswith(".") else f"./{shown}"
     r = outcome.results
     m = r.get("metrics", {})
     bar = "=" * 44
     return "\n".join([
         bar, "⚠️  EXPERIMENT ALREADY COMPLETED", bar,
-        f"Results file: {_shown(outcome.results_path)}", "",
+        f"Results file: {shown}", "",
         # Deleting only the results file re-runs nothing: the final checkpoint rewrites it.
         "To re-run this experiment, either:",
         f"  1. Add --force flag (keeps the old results): {command_used(args, cfg, '--force')}",
@@ -226,9 +216,3 @@ def completion_block(outcome, args, cfg: ExperimentConfig) -> str:
         f"  Ended: {how_it_ended(r)}",
         f"  Completed: {runlog.readable_time(r.get('timestamp'))}",
     ])
-
-
-def _shown(path: Path) -> str:
-    """Paths as the user's examples show them: ./results/... when relative."""
-    text = str(path)
-    return text if path.is_absolute() or text.startswith(".") else f"./{text}"

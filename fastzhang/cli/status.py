@@ -1,14 +1,9 @@
 """`fastzhang status [ID]`: one row per experiment found in the checkpoint and results folders.
 
-States: completed (a valid results file says so), in progress (its lock is held),
-stopped (a verified checkpoint, no results, lock free: nothing is training it),
-damaged (only unreadable files). Each row (two lines, to fit ~100 columns) shows the
-last finished epoch's train and test accuracy, the best test accuracy, images/s, when
-the experiment's files last changed, then its state; a run in progress whose files have not changed for much longer
-than an epoch takes is flagged. `status ID` prints that experiment's per-epoch
-table (from its results file, else its checkpoint) and the path of its log.
-Checkpoints are verified, read-only: status never renames, creates or deletes
-anything. Damaged checkpoints and results files are listed below the table.
+States: completed (a valid results file says so), in progress (its lock is held; flagged
+when its files have not changed for much longer than an epoch takes), stopped (a verified
+checkpoint, no results, lock free), damaged (only unreadable files, listed below the
+table). Checkpoints are verified read-only: status never renames, creates or deletes anything.
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastzhang.cli.clean import all_ids
 from fastzhang.cli.run import add_output_flags
 from fastzhang.errors import UsageError, did_you_mean
 
@@ -87,15 +83,14 @@ def _one(args, rows: list[Row]) -> int:
 
 def collect(checkpoint_dir: Path, results_dir: Path) -> tuple[list[Row], list[Any]]:
     """The rows for every experiment, and the damaged results files."""
-    from fastzhang import checkpoint, lock, results
+    from fastzhang import results
 
     entries = results.scan(results_dir)
     by_id: dict[str, list] = {}
     for entry in entries:
         if entry.experiment_id:
             by_id.setdefault(entry.experiment_id, []).append(entry)
-    ids = checkpoint.discover_ids(checkpoint_dir) | lock.ids_with_lock_files(checkpoint_dir) | set(by_id)
-    rows = [experiment_row(checkpoint_dir, ident, by_id.get(ident, [])) for ident in sorted(ids)]
+    rows = [experiment_row(checkpoint_dir, ident, by_id.get(ident, [])) for ident in all_ids(checkpoint_dir, entries)]
     return rows, [e for e in entries if e.problem]
 
 
@@ -108,11 +103,9 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     log = checkpoint.log_path(checkpoint_dir, ident)
     snapshots = len(checkpoint.snapshots(checkpoint_dir, ident))
     if done and not held:
-        payload = done[-1].payload
-        metrics = payload["metrics"]
-        state = "completed"
-        if payload["stopped_early"]:
-            state += f" (stopped at epoch {payload['total_epochs']} of {payload['target_epochs']})"
+        payload, metrics = done[-1].payload, done[-1].payload["metrics"]
+        state = "completed" + (f" (stopped at epoch {payload['total_epochs']} of {payload['target_epochs']})"
+                               if payload["stopped_early"] else "")
         return Row(ident, state, metrics["best_test_acc"], metrics["final_test_acc"], done[-1].path.name,
                    final_train_acc=metrics["final_train_acc"],
                    images_per_second=payload["throughput"]["mean_images_per_second"],
@@ -127,9 +120,8 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     seen = payload_progress(ckpt) if ckpt is not None else None
     updated = _newest(used, log)
     if held:
-        state = f"in progress: {_progress(seen, running=True)}{_time_left(seen)}" if seen else \
-            "in progress (no checkpoint yet)"
-        state += _quiet_for(updated, seen)
+        state = f"in progress: {_progress(seen, running=True)}" if seen else "in progress (no checkpoint yet)"
+        state += _running(seen, updated)
     elif seen:
         state = f"stopped {_progress(seen, running=False)}"
         if damage:
@@ -146,9 +138,8 @@ def experiment_row(checkpoint_dir: Path, ident: str, entries: list) -> Row:
     if seen is None:
         return Row(ident, state, None, None, results_name, problems, updated=updated, snapshots=snapshots)
     best = seen.best_test_acc if seen.last_test_acc is not None else None  # 0.0 before the first epoch
-    return Row(ident, state, best, seen.last_test_acc, results_name, problems,
-               final_train_acc=seen.last_train_acc, images_per_second=seen.images_per_second, updated=updated,
-               metrics=seen.metrics, snapshots=snapshots)
+    return Row(ident, state, best, seen.last_test_acc, results_name, problems, seen.last_train_acc,
+               seen.images_per_second, updated, seen.metrics, snapshots)
 
 
 def _newest(*paths: Path | None) -> float | None:
@@ -161,30 +152,19 @@ def _newest(*paths: Path | None) -> float | None:
     return max(times, default=None)
 
 
-def _quiet_for(updated: float | None, seen) -> str:
-    """' (no update for 2h 05m)' when a locked run has written nothing for much longer than an epoch takes."""
-    from fastzhang.runlog import duration
-
-    if updated is None:
-        return ""
-    from fastzhang.batch.estimate import epoch_times
-
-    seconds = epoch_times(seen.metrics) if seen else []
-    limit = max(QUIET_SECONDS, 3 * max(seconds, default=0))
-    age = time.time() - updated
-    return f" (no update for {duration(age)}: hung?)" if age > limit else ""
-
-
-def _time_left(seen) -> str:
-    """'; last epoch 25s, about 41m 40s left' once an epoch has been timed (training and test)."""
+def _running(seen, updated: float | None) -> str:
+    """'; last epoch 25s, about 41m 40s left' once an epoch has been timed (training and test), and
+    ' (no update for 2h 05m: hung?)' when nothing was written for much longer than an epoch takes."""
     from fastzhang.batch.estimate import epoch_times
     from fastzhang.runlog import duration
 
-    times = epoch_times(seen.metrics)
-    if not times or seen.epoch is None or seen.target_epochs is None:
-        return ""
-    left = max(0, seen.target_epochs - seen.epoch) * times[-1]
-    return f"; last epoch {duration(times[-1])}, about {duration(left)} left"
+    times, note = epoch_times(seen.metrics) if seen else [], ""
+    if times and seen.epoch is not None and seen.target_epochs is not None:
+        left = max(0, seen.target_epochs - seen.epoch) * times[-1]
+        note = f"; last epoch {duration(times[-1])}, about {duration(left)} left"
+    age = 0.0 if updated is None else time.time() - updated
+    return note + (f" (no update for {duration(age)}: hung?)" if age > max(QUIET_SECONDS, 3 * max(times, default=0))
+                   else "")
 
 
 def _progress(seen, running: bool) -> str:
@@ -207,20 +187,14 @@ def _num(value: Any, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
-def _when(stamp: float | None) -> str:
-    return "-" if stamp is None else time.strftime("%m-%d %H:%M", time.localtime(stamp))
-
-
-HEADER = ("TRAIN%", "TEST%", "BEST%", "IMG/S", "UPDATED", "ID")
-
-
 def format_table(rows: list[Row]) -> str:
     """Two lines per experiment, to fit ~100 columns: the numbers and its ID (last, so a long ID widens
     only its own line), then its state. TRAIN% and TEST%: accuracy of the last finished epoch; IMG/S:
     of that epoch (completed: the mean); UPDATED: its newest file's time."""
-    table = [HEADER] + [
+    table = [("TRAIN%", "TEST%", "BEST%", "IMG/S", "UPDATED", "ID")] + [
         (_num(r.final_train_acc), _num(r.final_test_acc), _num(r.best_test_acc), _num(r.images_per_second, ".0f"),
-         _when(r.updated), r.experiment_id) for r in rows
+         "-" if r.updated is None else time.strftime("%m-%d %H:%M", time.localtime(r.updated)), r.experiment_id)
+        for r in rows
     ]
     lines = _aligned(table).splitlines()
     for i, r in enumerate(rows, start=1):

@@ -1,18 +1,10 @@
 """The data set resident on the training device, and the batches drawn from it.
 
-`ResidentData.build` randomizes the data set once (data/randomize.py), keeps the
-first `train_subset` images of a fixed shuffle, and moves the uint8 images and
-int64 labels to the device: 184 MB for CIFAR-10, so no loader threads and no
-host-to-device copies during training.
-
-An epoch's plan (the image order and the crop offsets) is drawn on the CPU from
-rng(seed, "order", epoch) and rng(seed, "crop", epoch), so the batch at any
-(epoch, step) is regenerated from the seed alone: resuming mid-epoch needs no
-saved loader state. `plan.offsets[j]` belongs to the j-th image of the epoch,
-`plan.order[j]`. Steps count from 0 within an epoch; epochs from 1.
-
-Batches are cropped and whitened on the device by data.preprocess.preprocess,
-the one preprocessing function every path shares.
+`ResidentData.build` randomizes the data set once and moves the uint8 images and int64
+labels to the device (184 MB for CIFAR-10): no loader threads, no host-to-device copies.
+An epoch's plan (image order, crop offsets) is drawn from the seed alone, so the batch at
+any (epoch, step) is regenerated without saved loader state. Steps count from 0 within
+an epoch; epochs from 1. Batches are cropped and whitened on the device by `preprocess`.
 """
 
 from __future__ import annotations
@@ -73,10 +65,6 @@ def subset_indices(n: int, k: int, seed: int) -> np.ndarray:
 def _to_device(array: np.ndarray, dtype, device) -> torch.Tensor:
     # A private contiguous copy: torch must not alias the caller's (maybe read-only) arrays.
     return torch.from_numpy(np.array(array, dtype=dtype, order="C", copy=True)).to(device)
-
-
-# ------------------------------------------------------------------------------------------
-# Epochs and steps
 
 
 @dataclass(frozen=True, eq=False)

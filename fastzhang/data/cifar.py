@@ -1,30 +1,11 @@
-"""Read CIFAR-10 or CIFAR-100 from any official layout, validate every byte's place, fingerprint it.
+"""Read CIFAR-10 or CIFAR-100 from an official layout, validate every byte's place, fingerprint it.
 
-This module reads files; data/download.py finds (or fetches) them and
-data/sources.py puts the two together. A `CifarSpec` (CIFAR10, CIFAR100; SPECS
-by name) says where each data set's layouts keep what, and its classes: the one
-place a class count comes from (the arrays carry their classes onward). Layouts:
-* python:  CIFAR-10: `cifar-10-batches-py/` with pickled `data_batch_1..5` and `test_batch`;
-           CIFAR-100: `cifar-100-python/` with pickled `train` and `test` (labels: `fine_labels`);
-           read through the restricted unpickler in data/safe_pickle.py;
-* binary:  CIFAR-10: `cifar-10-batches-bin/` with `data_batch_1..5.bin` and `test_batch.bin`,
-           records of 1 label byte + 3072 pixel bytes;
-           CIFAR-100: `cifar-100-binary/` with `train.bin` and `test.bin`, records of
-           2 label bytes (coarse, fine) + 3072 pixel bytes;
-* tarball: `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz`, extracted once into the
-           cache (download.py), then read as python.
-Both hold 50,000 training and 10,000 test images; CIFAR-100 is trained on its 100 fine labels.
-
-Fingerprints (both sha256 hex):
-* `fingerprint(...)`: sha256 of the header `fastzhang-data-v1 {n_train} {n_test}\\n`
-  followed by the bytes of train images (uint8, [N, 3, 32, 32] C order), train
-  labels (little-endian int64), test images, test labels. It changes with the
-  order of the images, so it names one exact file set.
-* `content_fingerprint(...)`: order-independent. Each image's record (its label
-  as one byte, then its 3072 pixel bytes) is hashed with sha256; the digests of
-  each split are sorted; the result is the sha256 of the header
-  `fastzhang-content-v1 {n_train} {n_test}\\n`, the sorted train digests and the
-  sorted test digests. The official release and any reshuffled copy of it share it.
+A `CifarSpec` (CIFAR10, CIFAR100; SPECS by name) names each data set's files in the
+python layout (pickles, read through data/safe_pickle.py) and the binary layout
+(records of label byte(s) + 3072 pixel bytes), and its classes: the one place a
+class count comes from. A tarball holds the python folder; download.py extracts it.
+Both data sets hold 50,000 training and 10,000 test images; CIFAR-100 is trained on
+its 100 fine labels.
 """
 
 from __future__ import annotations
@@ -142,12 +123,9 @@ class CifarArrays:
         return len(self.classes)
 
 
-# ------------------------------------------------------------------------------------------
-# Fingerprints
-
-
 def fingerprint(train_images, train_labels, test_images, test_labels) -> str:
-    """sha256 hex over the arrays in file order (module docstring has the exact recipe)."""
+    """sha256 hex of the header `fastzhang-data-v1 {n_train} {n_test}\\n`, then the bytes of the train images
+    (uint8 [N, 3, 32, 32]), train labels (little-endian int64), test images, test labels: one exact file set."""
     h = hashlib.sha256(f"fastzhang-data-v1 {len(train_labels)} {len(test_labels)}\n".encode())
     for arr, dtype in ((train_images, np.uint8), (train_labels, "<i8"), (test_images, np.uint8), (test_labels, "<i8")):
         h.update(memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B"))
@@ -167,30 +145,13 @@ def _sorted_digests(images: np.ndarray, labels: np.ndarray) -> bytes:
 
 
 def content_fingerprint(train_images, train_labels, test_images, test_labels) -> str:
-    """Order-independent sha256 hex: the same images with the same labels in any order."""
+    """Order-independent sha256 hex, shared by the official release and any reshuffled copy: each image's record
+    (its label as one byte, then its 3072 pixel bytes) is hashed; the result hashes the header
+    `fastzhang-content-v1 {n_train} {n_test}\\n`, the sorted train digests and the sorted test digests."""
     h = hashlib.sha256(f"fastzhang-content-v1 {len(train_labels)} {len(test_labels)}\n".encode())
     h.update(_sorted_digests(train_images, train_labels))
     h.update(_sorted_digests(test_images, test_labels))
     return h.hexdigest()
-
-
-def fingerprints(train_images, train_labels, test_images, test_labels) -> tuple[str, str]:
-    """(exact, content) fingerprints, hashed side by side (hashlib releases the GIL)."""
-    args = (train_images, train_labels, test_images, test_labels)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        exact = pool.submit(fingerprint, *args)
-        content = pool.submit(content_fingerprint, *args)
-        return exact.result(), content.result()
-
-
-def name_fingerprints(exact: str, content: str | None) -> tuple[str | None, str | None]:
-    """(name of the data set, name of its content): the exact name wins where known."""
-    content_name = KNOWN_CONTENT_FINGERPRINTS.get(content) if content else None
-    return KNOWN_FINGERPRINTS.get(exact) or content_name, content_name
-
-
-# ------------------------------------------------------------------------------------------
-# Batch readers: each returns (images uint8 [n, 3072], labels int64 [n]) or raises DataError
 
 
 def _check_labels(path: Path, labels: np.ndarray, n: int, spec: CifarSpec) -> np.ndarray:
@@ -201,12 +162,8 @@ def _check_labels(path: Path, labels: np.ndarray, n: int, spec: CifarSpec) -> np
         raise DataError(f"{path}: labels must be integers 0..{top}, found dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels > top))
     if len(bad):
-        larger = [s for s in SPECS.values() if s.num_classes > labels.max() >= spec.num_classes]
-        hint = f"; is this {larger[0].title}? (dataset: {larger[0].name})" if larger and labels.min() >= 0 else ""
-        raise DataError(
-            f"{path}: labels must be in 0..{top}; found {labels[bad[0]]} at index {bad[0]} "
-            f"({len(bad)} bad labels){hint}"
-        )
+        raise DataError(f"{path}: labels must be in 0..{top}; found {labels[bad[0]]} at index {bad[0]} "
+                        f"({len(bad)} bad labels)")
     return labels.astype(np.int64)
 
 
@@ -252,54 +209,41 @@ def read_binary_batch(path: Path, n: int, spec: CifarSpec) -> tuple[np.ndarray, 
     return np.ascontiguousarray(records[:, head:]), _check_labels(path, records[:, head - 1], n, spec)
 
 
-# ------------------------------------------------------------------------------------------
-# Folders and data sets
-
-
-def read_folder(folder: Path, layout: str, per_batch: int,
-                spec: CifarSpec) -> tuple[np.ndarray, ...]:
-    """Every batch file of a python or binary folder -> (train_x, train_y, test_x, test_y).
-
-    The training files share TRAIN_BATCHES * per_batch images; the test file holds per_batch.
-    """
-    names = spec.files(layout)
-    missing = [str(folder / n) for n in names if not (folder / n).is_file()]
-    if missing:
-        raise DataError(
-            f"missing batch file(s): {', '.join(missing)} (a {layout} {spec.title} folder has {', '.join(names)})"
-        )
-    reader = read_python_batch if layout == "python" else read_binary_batch
-    per_train_file = TRAIN_BATCHES * per_batch // len(spec.train_files[layout])
-    train = [reader(folder / n, per_train_file, spec) for n in spec.train_files[layout]]
-    test_x, test_y = reader(folder / spec.test_files[layout], per_batch, spec)
-    train_x = np.concatenate([b[0] for b in train]).reshape(-1, *IMAGE_SHAPE)
-    train_y = np.concatenate([b[1] for b in train])
-    return train_x, train_y, test_x.reshape(-1, *IMAGE_SHAPE), test_y
-
-
 def arrays_from(train_x, train_y, test_x, test_y, *, source, layout, classes: tuple[str, ...], batches_dir=None,
                 names: tuple[str | None, str | None] | None = None) -> CifarArrays:
-    """Wrap decoded arrays, computing both fingerprints; `names` overrides the lookup."""
-    exact, content = fingerprints(train_x, train_y, test_x, test_y)
-    name, content_name = names if names is not None else name_fingerprints(exact, content)
-    return CifarArrays(train_x, train_y, test_x, test_y, source=str(source), layout=layout,
-                       fingerprint=exact, fingerprint_name=name, classes=tuple(classes),
-                       content_fingerprint=content, content_fingerprint_name=content_name,
+    """Wrap decoded arrays with both fingerprints, hashed side by side (hashlib releases the GIL), and
+    their names (the exact name wins where known); `names` overrides the lookup."""
+    args = (train_x, train_y, test_x, test_y)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        exact, content = pool.submit(fingerprint, *args), pool.submit(content_fingerprint, *args)
+        exact, content = exact.result(), content.result()
+    if names is None:
+        content_name = KNOWN_CONTENT_FINGERPRINTS.get(content)
+        names = KNOWN_FINGERPRINTS.get(exact) or content_name, content_name
+    return CifarArrays(*args, source=str(source), layout=layout, fingerprint=exact, fingerprint_name=names[0],
+                       classes=tuple(classes), content_fingerprint=content, content_fingerprint_name=names[1],
                        batches_dir=str(batches_dir or source))
 
 
-def read_cifar(spec: CifarSpec, layout: str, source: str | Path, folder: str | Path,
-               per_batch: int = PER_BATCH) -> CifarArrays:
-    """Read the batches of `folder`: `source` itself, or for a tarball the folder it was extracted into.
-
-    The test file holds exactly `per_batch` images and the training files 5 x `per_batch`
-    (10,000 in the real data sets; tests use tiny fixtures).
-    """
-    if layout != "tarball":
-        arrays = read_folder(Path(folder), layout, per_batch, spec)
-        return arrays_from(*arrays, source=source, layout=layout, classes=spec.classes)
+def read_cifar(spec: CifarSpec, layout: str, source: str | Path, folder: str | Path, per_batch: int) -> CifarArrays:
+    """Every batch file of `folder` (`source` itself, or a tarball's extraction): the test file holds exactly
+    `per_batch` images, the training files TRAIN_BATCHES x `per_batch`."""
+    folder, files = Path(folder), "python" if layout == "tarball" else layout
+    names = spec.files(files)
+    missing = [str(folder / n) for n in names if not (folder / n).is_file()]
     try:
-        arrays = read_folder(Path(folder), "python", per_batch, spec)
+        if missing:
+            raise DataError(f"missing batch file(s): {', '.join(missing)} "
+                            f"(a {files} {spec.title} folder has {', '.join(names)})")
+        reader = read_python_batch if files == "python" else read_binary_batch
+        per_train_file = TRAIN_BATCHES * per_batch // len(spec.train_files[files])
+        train = [reader(folder / n, per_train_file, spec) for n in spec.train_files[files]]
+        test_x, test_y = reader(folder / spec.test_files[files], per_batch, spec)
     except DataError as e:
+        if layout != "tarball":
+            raise
         raise DataError(f"{source}: {e} (delete {folder} to extract the tarball again)") from None
-    return arrays_from(*arrays, source=source, layout="tarball", classes=spec.classes, batches_dir=folder)
+    train_x = np.concatenate([b[0] for b in train]).reshape(-1, *IMAGE_SHAPE)
+    train_y = np.concatenate([b[1] for b in train])
+    return arrays_from(train_x, train_y, test_x.reshape(-1, *IMAGE_SHAPE), test_y, source=source, layout=layout,
+                       classes=spec.classes, batches_dir=folder)

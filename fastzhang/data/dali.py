@@ -1,29 +1,12 @@
 """The DALI loader (`--loader dali`): the batches of data.batches, preprocessed by DALI.
 
-The epoch plan still decides everything random: the loader gathers
-`train_x[plan.order[step]]` on the data's device, feeds the uint8 images and the
-plan's crop offsets to a DALI pipeline through two `fn.external_source` nodes,
-and DALI crops (`fn.slice` with per-sample anchors), scales by 1/255 and whitens
-each image with `preprocess`'s formula: (x - mean) / max(std, 1/sqrt(N)), the
-population std over all of the crop's values. A batch is therefore a function
-of (seed, epoch, step) alone, so resuming mid-epoch stays exact, and the values
-equal `preprocess`'s within float32 rounding (1e-5).
-
-On CUDA the pipeline runs on the GPU of `device` and is fed device tensors; on
-the CPU it is a CPU-only pipeline (`device_id=None`).
-
-Feeding ahead: an epoch is read step after step, so when step k is asked for,
-the loader hands it out and at once gathers, feeds and schedules step k + 1.
-The gather goes onto torch's stream before the caller enqueues step k's
-training kernels, so DALI preprocesses step k + 1 while step k trains instead
-of waiting behind it. One batch ahead is what the pipeline's
-prefetch_queue_depth=1 holds (its executor runs one scheduled batch per fed
-batch; a deeper queue would need that many batches fed before the first
-schedule_run). A request for any other step (the first of an epoch, a resume,
-random access) feeds that step first, after taking out unused any batch fed
-ahead: a batch depends only on (plan, step), never on the order of the calls.
-DALI launches its own kernels on its own stream: call `train_batch` outside any
-captured CUDA graph and capture only the model step that consumes its output.
+The epoch plan still decides everything random: the step's images, gathered on the data's
+device, and the plan's crop offsets feed a DALI pipeline (on the GPU of `device`, or CPU-only)
+that crops, scales and whitens with `preprocess`'s formula (equal within float32 rounding).
+Feeding ahead: step k is handed out and step k + 1 at once gathered, fed and scheduled on
+torch's stream, so DALI preprocesses it while step k trains (prefetch_queue_depth=1); any
+other request (a resume) first drops the batch fed ahead. Never call `train_batch` inside a
+captured CUDA graph: DALI launches its own kernels.
 """
 
 from __future__ import annotations
@@ -74,22 +57,12 @@ def _build_pipeline(dali_device: str, batch_size: int, device_id: int | None):
 
 
 class DaliLoader:
-    """Training batches of a ResidentData, preprocessed by a DALI pipeline on `device`.
-
-    `train_batch(plan, step, dtype=..., channels_last=...)` returns what
-    `data.batches.train_batch(data, plan, step, batch_size, ...)` returns.
-    """
+    """`train_batch(plan, step, dtype=..., channels_last=...)`: what `data.batches.train_batch` returns."""
 
     def __init__(self, data, batch_size: int, *, device: torch.device | str):
         if not available():
             raise UsageError(INSTALL_HINT)
-        if batch_size < 1:
-            raise UsageError(f"batch_size: expected a positive integer, got {batch_size}")
-        self.data = data
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        if self.device.type not in ("cpu", "cuda"):
-            raise UsageError(f"device: the DALI loader runs on cpu or cuda, got {self.device}")
+        self.data, self.batch_size, self.device = data, batch_size, torch.device(device)
         if data.train_x.device.type != self.device.type:
             raise UsageError(f"device: the data lives on {data.train_x.device}, the loader was asked for {self.device}")
         self._device_id = None  # None: a CPU-only pipeline
@@ -106,13 +79,6 @@ class DaliLoader:
             dali_device = "gpu" if self.device.type == "cuda" else "cpu"
             self._pipe = _build_pipeline(dali_device, self.batch_size, self._device_id)
         return self._pipe
-
-    def _host_anchors(self, plan):
-        # DALI reads slice anchors on the host: copy a plan's offsets once, not once per step.
-        if plan is not self._plan:
-            self._anchors = plan.offsets.to("cpu", torch.int32).numpy()
-            self._plan = plan
-        return self._anchors
 
     def train_batch(self, plan, step: int, *, dtype: torch.dtype = torch.float32, channels_last: bool = False):
         """(x, y) of batch `step` (from 0) of the epoch `plan`: x whitened [B, 3, 28, 28], y int64 [B]."""
@@ -154,5 +120,7 @@ class DaliLoader:
             pipe.feed_input("images", images, cuda_stream=stream)
         else:
             pipe.feed_input("images", images.numpy())
-        pipe.feed_input("anchors", self._host_anchors(plan)[span])
+        if plan is not self._plan:  # DALI reads slice anchors on the host: copy a plan's offsets once
+            self._anchors, self._plan = plan.offsets.to("cpu", torch.int32).numpy(), plan
+        pipe.feed_input("anchors", self._anchors[span])
         pipe.schedule_run()

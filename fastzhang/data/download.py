@@ -1,30 +1,10 @@
 """Find CIFAR-10 or CIFAR-100 on disk, download it when absent, extract the tarball once into a cache.
 
-This module finds (or fetches) the files; data/cifar.py reads them and its
-`CifarSpec` names them. `find_or_fetch` gives what an experiment reads,
-`batches_folder` the folder of batch files in it.
-
-Where: `--data-dir`, else $FASTZHANG_DATA, else `./data`. That folder may hold
-`cifar-10-batches-py/`, `cifar-10-batches-bin/` or `cifar-10-python.tar.gz` (CIFAR-100:
-`cifar-100-python/`, `cifar-100-binary/`, `cifar-100-python.tar.gz`; both may share it),
-or be a batches folder (or the tarball) itself. A batches folder or tarball of the other
-data set, given for this one, is refused before anything is downloaded.
-
-When to download: into the default `./data` (created if needed) or into an
-existing folder that lacks the data. A folder named by `--data-dir` or
-$FASTZHANG_DATA that does not exist is refused at once: it is most likely a
-typo, and a download would hide it behind minutes of network and 170 MB.
-
-The tarball is extracted into `$FASTZHANG_CACHE` (else `$XDG_CACHE_HOME/fastzhang`,
-else `~/.cache/fastzhang`) under a folder named by the tarball's sha256, so the
-data folder may be read-only and a different tarball never reuses a stale
-extraction. Extraction writes a temporary folder and renames it into place, so
-a crash or a concurrent process never leaves a half-extracted folder behind.
-
-A tarball found on disk is not checked against the official md5: copies in
-another order (like the offline copy) are legitimate, and the fingerprint
-(data/cifar.py) says what was loaded. Only a download is checked, because a
-download from the official address must be the official file.
+Where: `--data-dir`, else $FASTZHANG_DATA, else `./data`: a folder holding a data set's
+batches folders or tarball (both data sets may share it), or a batches folder or tarball
+itself. A tarball found on disk is not checked against the official md5: copies in
+another order (like the offline copy) are legitimate, and the fingerprint (cifar.py)
+says what was loaded. Only a download, which must be the official file, is checked.
 """
 
 from __future__ import annotations
@@ -35,15 +15,14 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
 from urllib.request import urlopen
 
 from tqdm import tqdm
 
+from fastzhang.atomicio import atomic_write
 from fastzhang.data.cifar import LAYOUTS, SPECS, CifarSpec
-from fastzhang.errors import DataError
+from fastzhang.errors import DataError, WriteError
 from fastzhang.log import info
 
 # The official releases; read at call time (`official`), so tests point them at a local server.
@@ -59,12 +38,6 @@ def official(spec: CifarSpec) -> tuple[str, str]:
     return {"cifar10": (CIFAR10_URL, CIFAR10_MD5), "cifar100": (CIFAR100_URL, CIFAR100_MD5)}[spec.name]
 
 
-@dataclass(frozen=True)
-class Located:
-    layout: str  # "python" | "binary" | "tarball"
-    path: Path  # the batches folder, or the tarball
-
-
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """--data-dir, else $FASTZHANG_DATA, else ./data."""
     chosen = data_dir or os.environ.get("FASTZHANG_DATA") or "data"
@@ -72,14 +45,13 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def refuse_missing_named_folder(root: Path, data_dir: str | Path | None, spec: CifarSpec) -> None:
-    """DataError if the user named `root` (flag or $FASTZHANG_DATA) and it does not exist."""
+    """DataError if the user named `root` (flag or $FASTZHANG_DATA) and it does not exist: a download into it
+    would hide what is most likely a typo behind minutes of network and 170 MB."""
     named = data_dir or os.environ.get("FASTZHANG_DATA")
     if named and not os.path.lexists(root):
         source = "--data-dir / data_dir" if data_dir else "FASTZHANG_DATA"
-        raise DataError(
-            f"{root}: no such folder (named by {source}); fix the path, or create the folder "
-            f"to download {spec.title} into it"
-        )
+        raise DataError(f"{root}: no such folder (named by {source}); fix the path, or create the folder "
+                        f"to download {spec.title} into it")
 
 
 def cache_dir() -> Path:
@@ -90,12 +62,9 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "fastzhang"
 
 
-def find_or_fetch(data_dir: str | Path | None, spec: CifarSpec, *, download: bool = True) -> Located:
-    """`spec`'s data set in the data folder (flag, $FASTZHANG_DATA or ./data), downloaded there when absent.
-
-    DataError when it is absent and `download` is off, the folder was named but does not
-    exist, or it is the other data set's batches folder or tarball.
-    """
+def find_or_fetch(data_dir: str | Path | None, spec: CifarSpec, *, download: bool = True) -> tuple[str, Path]:
+    """(layout, batches folder or tarball) of `spec`'s data set in the data folder, downloaded there when absent;
+    DataError when it is absent and `download` is off, or the folder is named but missing or the other data set's."""
     root = resolve_data_dir(data_dir)
     found = locate(root, spec)
     if found is not None:
@@ -104,55 +73,36 @@ def find_or_fetch(data_dir: str | Path | None, spec: CifarSpec, *, download: boo
     if not download:
         raise DataError(nothing_found(root, spec))
     refuse_missing_named_folder(root, data_dir, spec)
-    return Located("tarball", _absolute(fetch_tarball(root, spec)))
-
-
-def find(root: str | Path, spec: CifarSpec) -> Located:
-    """`spec`'s data set in `root` (a data folder, a batches folder or the tarball); DataError if none."""
-    found = locate(root, spec)
-    if found is None:
-        refuse_other_data_set(Path(root), spec)
-        raise DataError(nothing_found(Path(root), spec))
-    return found
-
-
-def batches_folder(found: Located, spec: CifarSpec) -> Path:
-    """The folder of batch files: the one found, or the tarball's extraction in the cache."""
-    return extract_tarball(found.path, spec) if found.layout == "tarball" else found.path
+    return "tarball", _absolute(fetch_tarball(root, spec))
 
 
 def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))  # ".." folded, symlinks kept
 
 
-def locate(root: str | Path, spec: CifarSpec) -> Located | None:
+def locate(root: str | Path, spec: CifarSpec) -> tuple[str, Path] | None:
     """What `root` holds of `spec`'s data set, preferring folders (no extraction) over the tarball."""
     root = _absolute(root)
     if root.is_file():
-        tarball = root.name.endswith((".tar.gz", ".tgz")) and _other_tarball(root, spec) is None
-        return Located("tarball", root) if tarball else None
+        other = any(s is not spec and root.name == s.tarball for s in SPECS.values())
+        tarball = root.name.endswith((".tar.gz", ".tgz")) and not other
+        return ("tarball", root) if tarball else None
     if not root.is_dir():
         return None
     for layout in LAYOUTS:  # root is itself a batches folder
         if root.name == spec.folders[layout] or any((root / n).is_file() for n in spec.files(layout)):
-            return Located(layout, root)
+            return layout, root
     for layout in LAYOUTS:
         if (root / spec.folders[layout]).is_dir():
-            return Located(layout, root / spec.folders[layout])
+            return layout, root / spec.folders[layout]
     if (root / spec.tarball).is_file():
-        return Located("tarball", root / spec.tarball)
+        return "tarball", root / spec.tarball
     return None
 
 
-def _other_tarball(path: Path, spec: CifarSpec) -> CifarSpec | None:
-    return next((s for s in SPECS.values() if s is not spec and path.name == s.tarball), None)
-
-
 def refuse_other_data_set(root: Path, spec: CifarSpec) -> None:
-    """DataError if `root` is another data set's tarball or batches folder (by name, or holding all its files).
-
-    Without this, CIFAR-10 asked of a CIFAR-100 folder would be downloaded into it.
-    """
+    """DataError if `root` is another data set's tarball or batches folder (by name, or holding all its files),
+    into which, say, CIFAR-10 asked of a CIFAR-100 folder would otherwise be downloaded."""
     root = _absolute(root)
     for other in SPECS.values():
         if other is spec:
@@ -167,33 +117,25 @@ def refuse_other_data_set(root: Path, spec: CifarSpec) -> None:
 
 
 def nothing_found(root: Path, spec: CifarSpec) -> str:
-    return (
-        f"no {spec.title} in {root}: put {spec.tarball}, {spec.folders['python']}/ or {spec.folders['binary']}/ "
-        "there, or point --data-dir / FASTZHANG_DATA at a folder that has them"
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# Extraction
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return (f"no {spec.title} in {root}: put {spec.tarball}, {spec.folders['python']}/ or {spec.folders['binary']}/ "
+            "there, or point --data-dir / FASTZHANG_DATA at a folder that has them")
 
 
 def extract_tarball(tarball: str | Path, spec: CifarSpec) -> Path:
-    """The python batches folder of `tarball`, extracted into the cache on first use."""
-    tarball = Path(tarball)
-    cache = cache_dir()
+    """The python batches folder of `tarball`, extracted into the cache on first use.
+
+    The folder is named by the tarball's sha256, so the data folder may be read-only and another
+    tarball never reuses a stale extraction; it is written as a temporary folder renamed into
+    place, so a crash or a concurrent process never leaves half of it behind.
+    """
+    tarball, cache, h = Path(tarball), cache_dir(), hashlib.sha256()
     try:
-        digest = file_sha256(tarball)
+        with open(tarball, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
     except OSError as e:
         raise DataError(f"{tarball}: cannot read ({e.strerror or e})") from None
-    final = cache / f"{spec.folders['python']}-{digest[:32]}"
+    final = cache / f"{spec.folders['python']}-{h.hexdigest()[:32]}"
     if final.is_dir():
         return final
     try:
@@ -238,49 +180,33 @@ def _extract_members(tarball: Path, dest: Path, spec: CifarSpec) -> None:
         raise DataError(f"{tarball}: archive lacks {', '.join(missing)}")
 
 
-# ------------------------------------------------------------------------------------------
-# Download
-
-
 def fetch_tarball(root: str | Path, spec: CifarSpec) -> Path:
-    """Download `spec`'s official tarball into `root` (progress bar on stderr, md5 checked)."""
-    root = Path(root)
-    url, md5 = official(spec)
-    tarball = spec.tarball
-    dest = root / tarball
+    """Download `spec`'s official tarball into `root` (progress bar on stderr), written atomically (atomicio):
+    it takes its name only once its md5 is checked."""
+    root, (url, md5), tarball = Path(root), official(spec), spec.tarball
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{tarball}.", suffix=".part", dir=root)
     except OSError as e:
         raise DataError(f"{root}: no {spec.title} here and cannot download into it ({e.strerror or e}); "
                         f"put {tarball} there or choose another --data-dir") from None
     info(f"no {spec.title} in {root}; downloading {url}")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            got = _stream(url, out, tarball)
-            out.flush()
-            os.fsync(out.fileno())
-        if got != md5:
+
+    def download(out) -> None:
+        h = hashlib.md5(usedforsecurity=False)
+        with urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=tarball) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+        if (got := h.hexdigest()) != md5:
             raise DataError(f"{url}: downloaded file has md5 {got}, expected {md5}; discarded it. "
                             f"Retry, or put {tarball} in {root} yourself")
-        os.replace(tmp, dest)
-    except (URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e.strerror or e
+
+    try:
+        atomic_write(root / tarball, download, what=f"{spec.title} tarball")
+    except WriteError as e:  # the network's errors (URLError) are OSErrors too
+        reason = getattr(e.__cause__, "reason", None) or e.__cause__.strerror or e.__cause__
         raise DataError(f"cannot download {spec.title} from {url} ({reason}); {nothing_found(root, spec)}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
-
-
-def _stream(url: str, out, name: str) -> str:
-    """Copy `url` into `out` with a tqdm bar; returns the md5 hex of what was written."""
-    h = hashlib.md5(usedforsecurity=False)
-    with urlopen(url, timeout=60) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                bar.update(len(chunk))
-    return h.hexdigest()
+    return root / tarball

@@ -1,10 +1,6 @@
-"""The one preprocessing function: uint8 CIFAR images -> whitened 28x28 float tensors.
-
-Every data path (the resident torch loader, evaluation, DALI, the Triton kernel)
-is tested against `preprocess`. It follows the paper's pipeline: scale to
-[0, 1], crop 32x32 -> 28x28 at per-image offsets, then TensorFlow's per-image
-standardization: (x - mean) / max(std, 1/sqrt(N)), N = 28*28*3, with the
-population std over all of an image's pixels and channels.
+"""The one preprocessing function, which every data path is tested against: uint8 CIFAR images -> whitened
+28x28 floats. The paper's pipeline: scale to [0, 1], crop 32x32 -> 28x28 at per-image offsets, then
+TensorFlow's per-image standardization (x - mean) / max(std, 1/sqrt(28*28*3)), population std.
 """
 
 from __future__ import annotations
@@ -27,14 +23,12 @@ def center_offsets(batch: int, device: torch.device | str = "cpu") -> torch.Tens
 
 
 def crop(images: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop uint8 [N, 3, 32, 32] to [B, 3, 28, 28] at per-image (dy, dx) offsets, in one gather.
+    """Crop uint8 `images[index]` (all when index is None) [B, 3, 32, 32] to [B, 3, 28, 28] at (dy, dx) offsets.
 
-    The crops of `images[index]` (of every image when index is None). A strided
-    view of the flat pixel buffer holds a [3, 28, 28] window starting at every
-    byte; the crop of image i at (dy, dx) is window i*3072 + dy*32 + dx, so one
-    index_select copies exactly the chosen windows, gathering the batch from the
-    whole resident set on the way. ~4x faster on the CPU than indexing a
-    [B, 5, 5, 3, 28, 28] window view by (image, dy, dx) (bench/NOTES.md §2c).
+    A strided view of the flat pixel buffer holds a [3, 28, 28] window starting at every
+    byte; the crop of image i at (dy, dx) is window i*3072 + dy*32 + dx, so one index_select
+    gathers the batch: ~4x faster on the CPU than a window view indexed by (image, dy, dx)
+    (bench/NOTES.md §2c).
     """
     images = images.contiguous()
     n, c = images.shape[0], images.shape[1]
@@ -54,11 +48,9 @@ def crop(images: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor | None
 def whiten(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Per-image standardization of [B, C, H, W] (TensorFlow's definition), as a new float32 tensor.
 
-    `scale` is the unit of x (255 for raw pixel values): standardizing x/scale is
-    (x - mean) / max(std, scale * MIN_STD), so the division by 255 costs no pass.
-    x may be the uint8 pixels: the one copy is also the cast. Two passes (the
-    deviations, then their norm), all in place on that copy: a fresh CPU buffer
-    per step costs page faults worth a whole pass (bench/NOTES.md §2c).
+    `scale` is the unit of x (255 for pixels): x/scale standardized is (x - mean) / max(std, scale *
+    MIN_STD), so the division costs no pass. Two passes, in place on the one copy (also the cast):
+    a fresh CPU buffer per step costs page faults worth a whole pass (bench/NOTES.md §2c).
     """
     flat = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True).view(x.shape[0], -1)
     flat.sub_(flat.mean(dim=1, keepdim=True))
@@ -74,12 +66,8 @@ def preprocess(
     channels_last: bool = False,
     index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """uint8 [B, 3, 32, 32] + offsets [B, 2] -> whitened [B, 3, 28, 28] in `dtype`.
-
-    With `index` [B], the batch is `images[index]` (same values, without the copy).
-    Whitening is computed in float32 whatever the output dtype, so a bf16 batch is
-    the float32 batch rounded once.
-    """
+    """uint8 [B, 3, 32, 32] (or `images[index]`, without the copy) + offsets [B, 2] -> whitened [B, 3, 28, 28]
+    in `dtype`, computed in float32 whatever the dtype: a bf16 batch is the float32 batch rounded once."""
     x = whiten(crop(images, offsets, index), scale=255.0)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

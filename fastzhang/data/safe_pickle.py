@@ -44,20 +44,15 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load(path: str | Path) -> Any:
-    """Unpickle `path` admitting only numpy arrays and dtypes; bytes stay bytes.
-
-    Python 2 `str` objects (the official files' keys, labels and pixel data)
-    decode as `bytes` (encoding='bytes'), as the official loader expects.
-    """
+    """Unpickle `path` admitting only numpy arrays and dtypes; Python 2 `str` objects (the official files' keys,
+    labels and pixels) stay `bytes`, as the official loader expects."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             return RestrictedUnpickler(f, encoding="bytes").load()
     except ForbiddenGlobal as e:
-        raise DataError(
-            f"{path}: refused to unpickle: it asks for {e}, which a CIFAR batch never contains "
-            "(only numpy arrays are allowed); the file is corrupt or was crafted"
-        ) from None
+        raise DataError(f"{path}: refused to unpickle: it asks for {e}, which a CIFAR batch never contains "
+                        "(only numpy arrays are allowed); the file is corrupt or was crafted") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except Exception as e:  # any failure to decode garbage is a bad file, never a crash

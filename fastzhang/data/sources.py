@@ -11,44 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastzhang.data import cifar, download as fetch
-from fastzhang.data.choices import DATASETS
 from fastzhang.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
-from fastzhang.errors import UsageError
 
 
-def load_dataset(name: str, data_dir: str | Path | None, *, download: bool = True) -> cifar.CifarArrays:
-    """The data set an experiment trains on: "cifar10" or "cifar100" (found or downloaded), or "synthetic"."""
+def load_dataset(name: str, data_dir: str | Path | None, *, download: bool = True,
+                 per_batch: int | None = None) -> cifar.CifarArrays:
+    """"cifar10" or "cifar100" from `data_dir` (found, else downloaded unless `download` is off), or "synthetic".
+
+    `data_dir` is a data folder, a batches folder or the tarball (download.py says where
+    it is looked for); `per_batch`: the test file's image count, else `cifar.PER_BATCH` (tests: tiny fixtures).
+    """
     if name == "synthetic":
         return make_synthetic()
-    spec = _spec(name)
-    return _read(fetch.find_or_fetch(data_dir, spec, download=download), spec, cifar.PER_BATCH)
+    spec = cifar.SPECS[name]  # config.py has refused any other name
+    layout, path = fetch.find_or_fetch(data_dir, spec, download=download)
+    folder = fetch.extract_tarball(path, spec) if layout == "tarball" else path
+    return cifar.read_cifar(spec, layout, path, folder, per_batch or cifar.PER_BATCH)
 
 
 def classes(name: str) -> tuple[str, ...]:
     """The classes of data set `name` without loading it (a model's outputs, chance accuracy)."""
-    return SYNTHETIC_CLASSES if name == "synthetic" else _spec(name).classes
-
-
-def load_files(root: str | Path, name: str, *, per_batch: int = cifar.PER_BATCH) -> cifar.CifarArrays:
-    """Read data set `name` from `root` (a data folder, a batches folder or the tarball); never downloads.
-
-    The test file must hold exactly `per_batch` images and the training files 5 x
-    `per_batch` (10,000 in the real data sets; tests use tiny fixtures).
-    """
-    spec = _spec(name)
-    return _read(fetch.find(root, spec), spec, per_batch)
-
-
-def load_cifar10(root: str | Path, *, per_batch: int = cifar.PER_BATCH) -> cifar.CifarArrays:
-    """CIFAR-10 from `root` (load_files)."""
-    return load_files(root, "cifar10", per_batch=per_batch)
-
-
-def _spec(name: str) -> cifar.CifarSpec:
-    if name not in cifar.SPECS:
-        raise UsageError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    return cifar.SPECS[name]
-
-
-def _read(found: fetch.Located, spec: cifar.CifarSpec, per_batch: int) -> cifar.CifarArrays:
-    return cifar.read_cifar(spec, found.layout, found.path, fetch.batches_folder(found, spec), per_batch)
+    return SYNTHETIC_CLASSES if name == "synthetic" else cifar.SPECS[name].classes

@@ -1,11 +1,9 @@
 """A small CIFAR-shaped data set for tests and benches: deterministic, learnable, instant.
 
-Each class has a fixed random pattern of 4x4 blocks (8x8 pixels each, per
-channel); an image is its class pattern plus pixel noise, under a random
-per-image contrast and brightness (which per-image whitening undoes). The
-blocks are coarse enough that a random crop offset of up to 4 pixels keeps the
-pattern, so an MLP fits the set within a few epochs and generalizes to its test
-split. Same bytes on every call and machine (one fixed seed, numpy PCG64).
+Each class has a fixed random pattern of 4x4 blocks (8x8 pixels each, per channel); an image is
+its pattern plus pixel noise, under a random contrast and brightness (which whitening undoes).
+The blocks survive a crop offset of up to 4 pixels, so an MLP fits the set within a few epochs
+and generalizes to its test split. Same bytes on every call and machine (one seed, numpy PCG64).
 """
 
 from __future__ import annotations

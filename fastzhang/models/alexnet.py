@@ -10,27 +10,14 @@ from torch import nn
 from fastzhang.models.lrn import LocalResponseNorm
 
 
-def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
-    # tf.truncated_normal: redraw anything beyond two standard deviations.
-    nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
-
-
 class SmallAlexNet(nn.Module):
     """conv5x5(64) -> maxpool3x3/2 -> LRN -> conv5x5(64) -> LRN -> maxpool3x3/2 -> fc 384 -> 192 -> classes.
 
-    ReLU after every conv and hidden fully connected layer, "same" padding
-    (28 -> 14 -> 7), biases everywhere: 1,387,786 trainable parameters for 10
-    classes (Table 1). LRN is TensorFlow's (depth_radius 4, bias 1,
-    alpha 0.001/9, beta 0.75). PyTorch pads the stride-2 pools by one on both
-    sides, TensorFlow's SAME pads by one at the bottom/right only; the output
-    sizes are the same.
-
-    Initialization is the TensorFlow tutorial's (cifar10.py): truncated normal
-    weights (cut at 2 std) with std 5e-2 for both convs, 0.04 for the two
-    hidden fully connected layers and 1/192 for the classifier; biases 0 for
-    conv1, 0.1 for conv2 and the hidden fully connected layers, 0 for the
-    classifier. The tutorial trains it with plain SGD at lr 0.1, the same
-    effective step as the paper's lr 0.01 with momentum 0.9.
+    ReLU after every conv and hidden fully connected layer, "same" padding (28 -> 14 -> 7; the
+    pools pad both sides where TensorFlow pads bottom/right, same sizes), biases everywhere:
+    1,387,786 trainable parameters for 10 classes (Table 1). LRN is TensorFlow's (models/lrn.py).
+    Initialization is the TensorFlow tutorial's (cifar10.py, `reset_parameters`): truncated normal
+    weights; the tutorial's plain SGD at lr 0.1 is the paper's lr 0.01 with momentum 0.9.
     """
 
     def __init__(self, num_classes: int = 10, make_lrn: Callable[[], nn.Module] = LocalResponseNorm) -> None:
@@ -56,7 +43,8 @@ class SmallAlexNet(nn.Module):
             (self.fc2, 0.04, 0.1),
             (self.fc3, 1.0 / 192.0, 0.0),
         ):
-            _trunc_normal(layer.weight, std)
+            # tf.truncated_normal: redraw anything beyond two standard deviations.
+            nn.init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
             layer.bias.fill_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,8 @@ STAGES = (
 
 
 class BatchNormShift(nn.Module):
-    """BatchNorm with a learned shift (beta) and no scale (gamma), TensorFlow's default.
-
-    The one trainable tensor is `bias` [C]; running mean and variance are
-    buffers. PyTorch's momentum (0.1) and eps (1e-5) defaults; the paper gives none.
-    """
+    """BatchNorm with a learned shift (beta, `bias`) and no scale (gamma), TensorFlow's default; PyTorch's
+    momentum (0.1) and eps (1e-5) defaults (the paper gives none)."""
 
     def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
@@ -63,11 +60,8 @@ class InceptionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Downsample(c3): a 3x3 stride-2 module (c3) and a 3x3 stride-2 max-pool side by side, concatenated.
-
-    PyTorch pads by one on both sides where TensorFlow's SAME pads one at the
-    bottom/right; both give 28 -> 14 -> 7.
-    """
+    """Downsample(c3): a 3x3 stride-2 module (c3) and a 3x3 stride-2 max-pool side by side, concatenated
+    (PyTorch pads by one on both sides where TensorFlow's SAME pads one at the bottom/right: both 28 -> 14 -> 7)."""
 
     def __init__(self, cin: int, c3: int, batchnorm: bool) -> None:
         super().__init__()
@@ -87,16 +81,11 @@ class SmallInception(nn.Module):
     no bias, BatchNorm no scale: TensorFlow's convention); without, conv
     weights + conv biases.
 
-    Initialization: Glorot (Xavier) uniform for conv and fully connected
-    weights, zero biases and shifts (the TensorFlow-slim / Keras default).
-    Glorot's variance 2/(fan_in + fan_out) is at most 1/fan_in here, so without
-    BatchNorm activations shrink with depth instead of growing, and the network
-    without BatchNorm trains at the paper's lr 0.1 with momentum 0.9: on 1,024
-    real CIFAR-10 images (batch 128) its loss falls from 2.31 to ~2.2 in 30
-    steps, where He (Kaiming) normal init jumps to 4.7 and stalls at chance,
-    and on a random batch of 16 reaches NaN in 4 steps (tests/test_models.py
-    checks the latter). With BatchNorm the scale washes out (loss 2.48 -> 1.5
-    in 20 steps on the same images).
+    Initialization: Glorot (Xavier) uniform weights, zero biases and shifts (the TensorFlow-slim
+    / Keras default). Glorot's variance is at most 1/fan_in here, so without BatchNorm
+    activations shrink with depth, and that network trains at the paper's lr 0.1 with momentum
+    0.9 (loss 2.31 -> ~2.2 in 30 steps on 1,024 real images), where He normal init jumps to 4.7
+    and stalls at chance, or reaches NaN in 4 steps on a random batch (tests/test_models.py).
     """
 
     def __init__(self, num_classes: int = 10, batchnorm: bool = True) -> None:

@@ -5,40 +5,20 @@ TensorFlow (tf.nn.local_response_normalization), over the channel axis c:
     sqr_sum[c] = sum(x[c'] ** 2 for c' in [c - r, c + r] inside the channels)
     out[c]     = x[c] / (bias + alpha * sqr_sum[c]) ** beta
 
-The TensorFlow CIFAR-10 tutorial, and so the paper's small AlexNet, uses
-r = 4, bias = 1, alpha = 0.001 / 9, beta = 0.75. PyTorch's nn.LocalResponseNorm
-divides alpha by the window size, so the same layer there is
-nn.LocalResponseNorm(size=2r+1, alpha=alpha*(2r+1), beta, k=bias)
-(`torch_equivalent` builds it).
+The TensorFlow CIFAR-10 tutorial, and so the paper's small AlexNet, uses r = 4, bias = 1,
+alpha = 0.001 / 9, beta = 0.75. PyTorch's nn.LocalResponseNorm divides alpha by the window
+size (`torch_equivalent` builds the same layer there), pads and average-pools a 5-d view and
+lets autograd differentiate that. Here the window sum is one matmul with a 0/1 band matrix
+along whichever axis is innermost (NCHW and channels_last alike), and the backward is written
+out: forward+backward of [128, 64, 14, 14] float32 on 1 CPU thread, NCHW / channels_last,
+26 / 49 ms against nn.LocalResponseNorm's 154 / 330 (a cumulative sum: 80 / 151; the band
+matmul under autograd: 40 / 86). Under torch.compile the traced backward uses the
+cumulative-sum form (see _LocalResponseNorm.backward).
 
-Why not nn.LocalResponseNorm: on CPU it pads and average-pools a 5-d view and
-lets autograd differentiate that, several times slower than needed. Here the
-window sum is one matrix product with a 0/1 band matrix (C x C, C = 64 in
-AlexNet) along whichever axis is innermost, so NCHW and channels_last inputs
-both become a single BLAS call, and the backward is written out (one more
-band product and a few fused-by-hand elementwise passes instead of autograd's
-chain through pow and the products). Forward+backward of [128, 64, 14, 14]
-float32, best of 15 interleaved runs, 1 thread, on the shared 2-core VM
-(loaded; absolute numbers move by 2-3x, the order did not), NCHW /
-channels_last:
-    nn.LocalResponseNorm                      154 / 330 ms
-    cumulative sum over channels (autograd)    80 / 151 ms
-    band matmul, autograd backward             40 /  86 ms
-    band matmul, written backward (this)       26 /  49 ms
-In an earlier 2-thread round (autograd backward for all), nine shifted slices
-took 29 / 230 ms and avg_pool3d over the channel axis 48 / 250 ms, against
-32 / 26 for the cumulative sum, 15 / 20 for the band matmul and 58 / 56 for
-nn.LocalResponseNorm. Under torch.compile the forward's
-matmul stays an extern GEMM and the elementwise work fuses; the traced backward
-uses the cumulative-sum form (see _LocalResponseNorm.backward).
-
-Precision: the sum and the power are computed in float32 (float64 for float64
-inputs) with autocast switched off, whatever the input dtype, and the result is
-cast back; the backward's window sum is float32 too, also when backward() runs
-inside an autocast region, eager or compiled. On CUDA a process that allows
-TF32 matmuls computes the forward's window sum in TF32 (~1e-3 relative on
-sqr_sum, which reaches the output scaled by beta * alpha * sqr_sum /
-(bias + alpha * sqr_sum) < 0.75).
+Precision: the sum and the power are computed in float32 (float64 for float64 inputs) with
+autocast off, whatever the input dtype, and cast back; so is the backward's window sum, also
+inside an autocast region. On CUDA with TF32 matmuls allowed, the forward's window sum is
+TF32 (~1e-3 relative on sqr_sum, scaled by < 0.75 on the output).
 """
 
 from __future__ import annotations
@@ -127,31 +107,16 @@ def local_response_norm(
 
 
 class LocalResponseNorm(nn.Module):
-    """TensorFlow-convention LRN (alpha multiplies the plain sum); no parameters."""
-
-    def __init__(
-        self,
-        depth_radius: int = TF_DEPTH_RADIUS,
-        bias: float = TF_BIAS,
-        alpha: float = TF_ALPHA,
-        beta: float = TF_BETA,
-    ) -> None:
-        super().__init__()
-        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+    """The TensorFlow CIFAR-10 tutorial's LRN (alpha multiplies the plain sum); no parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.depth_radius, self.bias, self.alpha, self.beta)
+        return local_response_norm(x)
 
     def extra_repr(self) -> str:
-        return f"depth_radius={self.depth_radius}, bias={self.bias}, alpha={self.alpha:.6g}, beta={self.beta}"
+        return f"depth_radius={TF_DEPTH_RADIUS}, bias={TF_BIAS}, alpha={TF_ALPHA:.6g}, beta={TF_BETA}"
 
 
-def torch_equivalent(
-    depth_radius: int = TF_DEPTH_RADIUS,
-    bias: float = TF_BIAS,
-    alpha: float = TF_ALPHA,
-    beta: float = TF_BETA,
-) -> nn.LocalResponseNorm:
+def torch_equivalent() -> nn.LocalResponseNorm:
     """The same layer as PyTorch's nn.LocalResponseNorm (which divides alpha by the window size)."""
-    size = 2 * depth_radius + 1
-    return nn.LocalResponseNorm(size=size, alpha=alpha * size, beta=beta, k=bias)
+    size = 2 * TF_DEPTH_RADIUS + 1
+    return nn.LocalResponseNorm(size=size, alpha=TF_ALPHA * size, beta=TF_BETA, k=TF_BIAS)

@@ -11,12 +11,9 @@ INPUT_FEATURES = 3 * 28 * 28
 class MLP(nn.Module):
     """Flatten 3x28x28 = 2,352 inputs -> `depth` hidden layers of `width` with ReLU -> classes.
 
-    Biases everywhere: 1,209,866 (1x512) and 1,735,178 (3x512) trainable
-    parameters for 10 classes (Table 1).
-
-    Initialization: Glorot (Xavier) uniform weights and zero biases, the
-    TensorFlow/Keras default for dense layers, so the fan-in-and-out scaling
-    keeps the 2,352-wide first layer's outputs O(1) at the paper's lr 0.01.
+    Biases everywhere: 1,209,866 (1x512) and 1,735,178 (3x512) trainable parameters for 10 classes
+    (Table 1). Glorot uniform weights and zero biases (the TensorFlow/Keras default for dense layers)
+    keep the 2,352-wide first layer's outputs O(1) at the paper's lr 0.01.
     """
 
     def __init__(self, num_classes: int = 10, depth: int = 1, width: int = 512) -> None:

@@ -1,14 +1,9 @@
 """Every model fastzhang can train, one entry each, with the facts the rest of the package reads.
 
-Adding a model: its nn.Module in a module of this package (built as
-`Class(num_classes=..., **options)`, taking a float [B, 3, 28, 28] batch) and one
-`ModelSpec` in `MODELS`. The config (valid names, default learning rate),
-`fastzhang run --help`, the speed defaults (train/fastpath.py), `fastzhang models`
-and the report read this table when they run.
-
-Nothing here imports torch: a builder is named "module:attribute" and imported
-on the first build, so validating a config, and so skipping a completed
-experiment, stays free of it.
+Adding a model: its nn.Module (built as `Class(num_classes=..., **options)`) in a module of
+this package and one `ModelSpec` in `MODELS`; the config, `run --help`, the speed defaults,
+`fastzhang models` and the report read this table. Nothing here imports torch (a builder is
+imported on the first build), so validating a config, and skipping a completed run, stays free of it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ every step, and returns when the run is finished or interrupted.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,11 +51,8 @@ class Run:
 
 
 def build_run(cfg, device: torch.device, speed: Speed) -> Run:
-    """Fresh model, SGD with momentum, and the per-epoch exponential decay of Appendix A.
-
-    Weight decay, when set, applies to every trainable tensor (PyTorch's SGD
-    convention); the paper gives no value (recipes state 5e-4 as a choice).
-    """
+    """Fresh model, SGD with momentum, and the per-epoch exponential decay of Appendix A. Weight decay applies
+    to every trainable tensor (PyTorch's SGD convention); the paper gives no value (recipes choose 5e-4)."""
     model = build_model(cfg.model, num_classes=len(classes(cfg.dataset)), seed=cfg.seed).to(device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -69,10 +67,6 @@ def build_run(cfg, device: torch.device, speed: Speed) -> Run:
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     return Run(model=model, optimizer=optimizer, scheduler=scheduler)
-
-
-def current_lr(run: Run) -> float:
-    return float(run.optimizer.param_groups[0]["lr"])
 
 
 @dataclass
@@ -104,15 +98,12 @@ def train(cfg, run: Run, data, loader, speed: Speed, hooks: Hooks) -> bool:
 
 
 def finished(cfg, run: Run) -> bool:
-    """No epoch is left to train: the target epoch is done, or a stopping rule has ended the run."""
     return end_cause(cfg, run) is not None
 
 
 def end_cause(cfg, run: Run) -> str | None:
     """Why no epoch is left: "epochs" (the target), "fit" (stop_at_train_acc), "early_stopping"; else None.
-
-    A function of the finished epochs' metrics, so a run resumed at any point ends where it would have.
-    """
+    A function of the finished epochs' metrics, so a run resumed at any point ends where it would have."""
     if run.epoch >= cfg.epochs:
         return "epochs"
     if run.fitted:
@@ -174,12 +165,8 @@ def _train_epoch(cfg, run: Run, data, loader, speed: Speed, step_fn: TrainStep, 
 
 
 def clock(device: torch.device) -> Callable[[float], float]:
-    """elapsed(start): seconds since `start`, once the work queued on `device` is done.
-
-    The host runs ahead of a GPU by many steps; reading the clock without waiting
-    would stop it early and overstate images/s. One wait per epoch (and per
-    mid-epoch checkpoint, which copies device tensors anyway) costs nothing.
-    """
+    """elapsed(start): seconds since `start`, once the work queued on `device` is done: the host runs
+    ahead of a GPU by many steps, and a clock read without waiting would overstate images/s."""
     def elapsed(start: float) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -198,11 +185,8 @@ def _empty_partial(device: torch.device) -> dict:
 
 
 class _Display:
-    """Progress-bar postfix without stalling the device.
-
-    The device sums are copied to pinned host memory asynchronously and shown
-    one refresh later, so the bar never forces a host synchronization.
-    """
+    """Progress-bar postfix without stalling the device: the device sums are copied to pinned host
+    memory asynchronously and shown one refresh later, so the bar never forces a host sync."""
 
     EVERY = 20
 
@@ -247,14 +231,14 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed,
                            channels_last=speed.channels_last)
     shown = tqdm(batches, total=math.ceil(data.test_x.shape[0] / eval_size), desc=f"test {epoch}/{cfg.epochs}",
                  unit="batch", disable=quiet, leave=False, dynamic_ncols=True)
-    stopped = []
-    test_loss, test_acc = evaluate(run.model, _until_stopped(shown, stop_requested, stopped), speed)
-    if stopped:
+    # A stop request ends evaluation within a batch; the epoch is evaluated again on resume.
+    test_loss, test_acc = evaluate(run.model, itertools.takewhile(lambda _: not stop_requested(), shown), speed)
+    if stop_requested():
         return None
     seconds = sums["seconds"]
     row = {
         "epochs": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-        "test_acc": test_acc, "lr": current_lr(run), "epoch_seconds": seconds,
+        "test_acc": test_acc, "lr": float(run.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds,
         "images_per_second": sums["seen"] / seconds if seconds > 0 else math.nan,
         "steps": run.global_step, "eval_seconds": time.perf_counter() - start,
     }
@@ -266,12 +250,3 @@ def _finish_epoch(cfg, run: Run, data, speed: Speed,
     run.scheduler.step()
     run.epoch, run.step_in_epoch, run.partial = epoch, 0, {}
     return row
-
-
-def _until_stopped(batches, stop_requested: Callable[[], bool], stopped: list):
-    """`batches` until a stop is requested (then `stopped` gets an entry): evaluation stops within a batch."""
-    for batch in batches:
-        if stop_requested():
-            stopped.append(True)
-            return
-        yield batch

@@ -1,25 +1,17 @@
 """The speed switches and the training step they shape.
 
-`resolve_speed` turns the config's auto/on/off switches into booleans for the
-device at hand. The `auto` defaults come from measurement (bench/NOTES.md §4):
-
-| switch        | CUDA | CPU                                                           |
-| ------------- | ---- | ------------------------------------------------------------- |
-| amp (bf16)    | on   | on where the CPU has native bf16 (AMX / AVX512-BF16), else off |
-| channels_last | on for the convolutional models (an MLP only pays a copy)    |
-| compile       | on   | off (slower or even on the CPU, and 15 s-3 min to compile)     |
-| cuda_graphs   | on   | off (CUDA only)                                               |
-
-`TrainStep` runs one optimizer step and adds the batch's summed loss and
-correct count to device-resident accumulators, so an epoch never waits for the
-host. With CUDA graphs it captures the whole step (forward, backward, SGD)
-once per batch shape: the full batch and the epoch's smaller last batch
-(data.batches.steps_per_epoch: the last batch holds n mod B images).
+`resolve_speed` turns the config's auto/on/off switches into booleans for the device at
+hand; the `auto` defaults (README's Speed table) come from measurement (bench/NOTES.md §4).
+`TrainStep` runs one optimizer step and adds the batch's summed loss and correct count to
+device-resident accumulators, so an epoch never waits for the host. With CUDA graphs it
+captures the whole step (forward, backward, SGD) once per batch shape: the full batch and
+the epoch's smaller last batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -29,8 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fastzhang.errors import one_line
-
+from fastzhang.errors import UsageError, one_line
 from fastzhang.models.registry import MODELS
 
 WARMUP_STEPS = 3  # eager steps before a capture: compile, cuDNN/cuBLAS workspaces, optimizer state
@@ -53,19 +44,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from fastzhang.errors import UsageError
-
         raise UsageError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
 
 
 def activate_device(device: torch.device) -> None:
-    """Make `device` CUDA's current device.
-
-    Streams, events, graph captures and Triton launches made without an explicit
-    device go to the current one: without this, `cuda:1` tensors would meet work
-    queued on device 0.
-    """
+    """Make `device` CUDA's current device: streams, events, captures and Triton launches made without an
+    explicit device go to the current one, where `cuda:1` tensors would otherwise meet work queued on device 0."""
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
 
@@ -79,33 +64,12 @@ def cpu_has_native_bf16() -> bool:
 def resolve_speed(cfg, device: torch.device) -> Speed:
     """auto/on/off -> booleans. `cuda_graphs: on` without CUDA is refused, not ignored."""
     cuda = device.type == "cuda"
-    auto = {
-        "amp": cuda or cpu_has_native_bf16(),
-        "compile": cuda,
-        "cuda_graphs": cuda,
-        "channels_last": MODELS[cfg.model].convolutional,
-    }
-
-    def switch(name: str) -> bool:
-        value = getattr(cfg, name)
-        return auto[name] if value == "auto" else value == "on"
-
     if cfg.cuda_graphs == "on" and not cuda:
-        from fastzhang.errors import UsageError
-
         raise UsageError(f"cuda_graphs: 'on' needs a CUDA device; this run is on {device}")
-    return Speed(amp=switch("amp"), compile=switch("compile"), cuda_graphs=switch("cuda_graphs"),
-                 channels_last=switch("channels_last"))
-
-
-def _forward_loss(forward, x, y, amp: bool):
-    # No autocast weight cache: each weight is cast once per forward anyway, and a cache
-    # entry made inside a CUDA-graph capture must not outlive it.
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-        logits = forward(x)
-    loss = F.cross_entropy(logits.float(), y)
-    correct = (logits.argmax(dim=1) == y).sum()
-    return loss, correct
+    # compile: slower or even on the CPU, and 15 s-3 min to compile; channels_last: an MLP only pays a copy
+    auto = {"amp": cuda or cpu_has_native_bf16(), "compile": cuda, "cuda_graphs": cuda,
+            "channels_last": MODELS[cfg.model].convolutional}
+    return Speed(**{name: auto[name] if getattr(cfg, name) == "auto" else getattr(cfg, name) == "on" for name in auto})
 
 
 class CudaGraphs:
@@ -121,11 +85,8 @@ class CudaGraphs:
         torch.cuda.current_stream().wait_stream(side)
 
     def capture(self, fn):
-        """Record fn's kernels; returns (replay, fn's outputs, which each replay rewrites).
-
-        Thread-local capture mode: the default global mode aborts the capture when any
-        other thread (DALI's workers, a data loader) makes a CUDA call meanwhile.
-        """
+        """Record fn's kernels; returns (replay, fn's outputs, which each replay rewrites). Thread-local mode: the
+        global one aborts the capture when another thread (DALI's workers) makes a CUDA call meanwhile."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = fn()
@@ -137,16 +98,9 @@ class CudaGraphs:
 FAIL_ENV = "FASTZHANG_TEST_FAIL"
 
 
-def _injected_failures() -> frozenset[str]:
-    return frozenset(part.strip() for part in os.environ.get(FAIL_ENV, "").split(",") if part.strip())
-
-
 def compile_model(model: torch.nn.Module, **options):
-    """torch.compile(model, **options), once torch's pre-grad passes are imported without their warnings.
-
-    Those passes import torch.utils.mkldnn, whose ScriptModules say at import that
-    torch.jit.script_method is deprecated (14 warnings about torch itself, none about a run).
-    """
+    """torch.compile(model, **options), once torch's pre-grad passes are imported without the 14 warnings
+    (torch.jit.script_method is deprecated) that torch.utils.mkldnn's ScriptModules give at import."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"`torch\.jit\.script_method` is", DeprecationWarning)
         import torch._inductor.fx_passes.pre_grad  # noqa: F401
@@ -160,12 +114,10 @@ class _InjectedFailure(RuntimeError):
 class TrainStep:
     """One SGD step; accumulates the summed loss and correct count on the device.
 
-    A failed CUDA-graph capture or torch.compile must not end a long run: the first
-    step of each batch shape runs under a snapshot of the weights and optimizer state;
-    if compiling (in the first forward) or capturing fails, the state is put back, the
-    switch is turned off (graphs first, then compile: the next slower path),
-    `on_fallback(switch, reason)` is told, and the step is tried again. `speed` is
-    always the switches actually in use.
+    A failed CUDA-graph capture or torch.compile must not end a long run: the first step of
+    each batch shape runs under a snapshot of the weights and optimizer state; on failure the
+    state is put back, the switch turned off (graphs first, then compile), `on_fallback(switch,
+    reason)` told, and the step tried again. `speed` is always the switches actually in use.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, speed: Speed, *,
@@ -175,12 +127,12 @@ class TrainStep:
         self.optimizer = optimizer
         self.speed = speed
         self.on_fallback = on_fallback
-        self._fail = _injected_failures()
+        self._fail = {part.strip() for part in os.environ.get(FAIL_ENV, "").split(",")}
         # dynamic=False: one static compilation per batch shape (full and last), like the graphs.
         # The default mode: "reduce-overhead" would nest inductor's CUDA graphs in ours.
         self.forward = compile_model(model, mode=compile_mode, dynamic=False) if speed.compile else model
         if speed.compile and "compile" in self._fail:
-            self.forward = _failing("compile")
+            self.forward = _failing_compile
         self.graphs = graphs if graphs is not None else (CudaGraphs() if speed.cuda_graphs else None)
         self._captured: dict[tuple, tuple] = {}
         self._proven: set[tuple] = set()  # batch shapes whose first step succeeded
@@ -192,10 +144,14 @@ class TrainStep:
         correct += right
 
     def _run(self, key, x, y):
-        if self.graphs is not None:
-            return self._replay(key, x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        return self._step(x, y)
+        if self.graphs is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step(x, y)
+        replay, static_x, static_y, outputs = self._captured[key]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        replay()
+        return outputs
 
     def _first(self, key, x, y):
         """The first step of a batch shape: compile and capture happen here, and may fail."""
@@ -209,9 +165,9 @@ class TrainStep:
                 out = self._run(key, x, y)
                 self._proven.add(key)
                 return out
-            except _StageFailed as failed:  # the capture itself
+            except _CaptureFailed as failed:
                 _restore(self.model, self.optimizer, saved)
-                self._fall_back(failed.switch, failed.__cause__)
+                self._fall_back("cuda_graphs", failed.__cause__)
             except Exception as e:  # inductor compiles at the first forward and the first backward
                 if self.forward is self.model:
                     raise
@@ -229,28 +185,20 @@ class TrainStep:
 
     def _step(self, x, y):
         """Forward, backward, SGD: the work a graph captures (gradients start as None)."""
-        loss, right = _forward_loss(self.forward, x, y, self.speed.amp)
+        # No autocast weight cache: each weight is cast once per forward anyway, and a cache
+        # entry made inside a CUDA-graph capture must not outlive it.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.speed.amp, cache_enabled=False):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        right = (logits.argmax(dim=1) == y).sum()
         loss.backward()
         self.optimizer.step()
         return loss.detach(), right
 
-    # -- CUDA graphs -------------------------------------------------------------------
-    def _replay(self, key, x, y):
-        replay, static_x, static_y, outputs = self._captured[key]
-        static_x.copy_(x)
-        static_y.copy_(y)
-        replay()
-        return outputs
-
     def _capture(self, x, y, saved: dict):
-        """Warm up, then capture forward+backward+step for this batch shape.
-
-        The learning rate lives in a device tensor (engine.build_run), so the
-        scheduler's per-epoch `fill_` reaches the captured step. Warm-up steps
-        change weights, BatchNorm statistics and momentum; all are copied back in
-        place afterwards (the graph holds their addresses), so capturing never
-        changes the training trajectory.
-        """
+        """Warm up, then capture forward+backward+step for this batch shape. Warm-up changes weights,
+        BatchNorm statistics and momentum: all are put back in place, so capturing never changes the
+        trajectory (the learning rate is a device tensor, engine.build_run, which the schedule updates)."""
         static_x, static_y = x.clone(), y.clone()
         with self.graphs.warmup():
             for _ in range(WARMUP_STEPS):
@@ -264,83 +212,54 @@ class TrainStep:
                 raise _InjectedFailure(f"injected capture failure ({FAIL_ENV})")
             replay, outputs = self.graphs.capture(lambda: self._step(static_x, static_y))
         except Exception as e:
-            raise _StageFailed("cuda_graphs") from e
+            raise _CaptureFailed from e
         _restore(self.model, self.optimizer, saved)
         return replay, static_x, static_y, outputs
 
 
-class _StageFailed(Exception):
-    """compile or capture failed; __cause__ says why."""
-
-    def __init__(self, switch: str):
-        super().__init__(switch)
-        self.switch = switch
+class _CaptureFailed(Exception):
+    """The capture failed (not the step captured); __cause__ says why."""
 
 
-def _failing(stage: str):
-    def forward(x):
-        raise _InjectedFailure(f"injected {stage} failure ({FAIL_ENV})")
-    return forward
+def _failing_compile(x):
+    raise _InjectedFailure(f"injected compile failure ({FAIL_ENV})")
 
 
 def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return {"model": {k: v.clone() for k, v in model.state_dict().items()},
-            "optimizer": _clone_tree(optimizer.state_dict()["state"])}
+            "optimizer": {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+                          for p, state in optimizer.state.items()}}
 
 
 def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """Copy a snapshot back in place: a captured graph holds these tensors' addresses."""
+    """Copy a snapshot back in place: a captured graph holds these tensors' addresses.
+
+    An optimizer buffer the warm-up created (none saved) is zeroed: for SGD a zero momentum
+    buffer gives exactly the first step's `buf = grad`.
+    """
     with torch.no_grad():
         for name, value in model.state_dict().items():  # detached views of the live tensors
             value.copy_(saved["model"][name])
-    _restore_optimizer(optimizer, saved["optimizer"])
-
-
-def _clone_tree(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tree(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone_tree(v) for v in obj]
-    return obj
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """Copy saved per-parameter buffers (state_dict()["state"]) back in place.
-
-    A buffer the warm-up created (no saved value) is zeroed: for SGD a zero
-    momentum buffer gives exactly the first step's `buf = grad`.
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, p in enumerate(params):
-        live = optimizer.state.get(p, {})
-        stored = saved.get(index, {})
-        for name, value in live.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            if isinstance(stored.get(name), torch.Tensor):
-                value.copy_(stored[name])
-            else:
-                value.zero_()
+        for p, state in optimizer.state.items():
+            for name, value in state.items():
+                stored = saved["optimizer"].get(p, {}).get(name)
+                if stored is not None:
+                    value.copy_(stored)
+                elif isinstance(value, torch.Tensor):
+                    value.zero_()
 
 
 def evaluate(model: torch.nn.Module, batches, speed: Speed) -> tuple[float, float]:
-    """Mean loss and accuracy (%) over `batches`; one host sync at the end."""
+    """Mean loss and accuracy (%) over `batches`; one host sync at the end (nan for no batch)."""
     was_training = model.training
     model.eval()
-    loss_sum = correct = None
-    count = 0
+    loss_sum, correct, count = 0.0, 0, 0
     with torch.inference_mode():
         for x, y in batches:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=speed.amp):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            right = (logits.argmax(dim=1) == y).sum()
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            correct = right if correct is None else correct + right
+            loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum")
+            correct = correct + (logits.argmax(dim=1) == y).sum()
             count += y.shape[0]
     model.train(was_training)
-    if count == 0:
-        return float("nan"), float("nan")
-    return loss_sum.item() / count, 100.0 * correct.item() / count
+    return (float(loss_sum) / count, 100.0 * float(correct) / count) if count else (math.nan, math.nan)

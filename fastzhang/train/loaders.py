@@ -1,17 +1,10 @@
-"""Which data path builds the training batches: `loader(plan, step) -> (x, y)`.
+"""Which data path builds the training batches: `loader(plan, step) -> (x, y)`, the same batches on every path.
 
-The config's `loader` names the path: torch (the resident torch path), triton
-(the fused kernel of fastzhang.kernels), dali (NVIDIA DALI), or auto, the only
-one that decides: triton on CUDA when the kernel can run there and its first
-batch equals the torch path's (else torch, and `.fallback` says why). An
-explicit choice that cannot run on this machine is refused (UsageError) when
-the loader is built, which experiment._prepare does before the lock is taken;
-it is never swapped for another path. The loader carries `.name`, the path
-actually used, for the results file.
-
-All three give the same batches as `data.batches.train_batch` (tests prove it).
-The engine calls the loader outside any captured CUDA graph, before the
-captured step, so DALI's own kernels are never captured.
+The config's `loader`: torch (data/batches.py), triton (the fused kernel of fastzhang.kernels),
+dali (NVIDIA DALI), or auto, the only one that decides: triton on CUDA when the kernel can run
+there and its first batch equals the torch path's (else torch, and `.fallback` says why). An
+explicit choice that cannot run here is refused (UsageError) before the lock is taken, never
+swapped for another path. The engine calls the loader outside any captured CUDA graph.
 """
 
 from __future__ import annotations
@@ -88,21 +81,15 @@ def make_loader(name: str, data: batches.ResidentData, batch_size: int, *, dtype
             x = fused_preprocess(data.train_x, index, plan.offsets[span], dtype=dtype, channels_last=channels_last)
             return x, data.train_y.index_select(0, index)
 
-        problem = _first_batch_problem(fused, plain, data) if name == "auto" else None
-        return Loader("torch", plain, fallback=f"triton: {problem}") if problem else Loader(used, fused)
+        if name == "auto":
+            # Picked unasked, the kernel is proven on one batch first: a new GPU or Triton version
+            # must neither end a run nor train on wrong inputs.
+            plan = batches.epoch_plan(0, 1, data.num_train, True, data.device)
+            try:
+                got, want = fused(plan, 0), plain(plan, 0)
+                torch.testing.assert_close(got[0], want[0], atol=1e-5,
+                                           rtol=1.6e-2 if got[0].dtype == torch.bfloat16 else 0)
+            except Exception as e:  # a compile error, or an AssertionError naming the mismatch
+                return Loader("torch", plain, fallback=f"triton: {one_line(e)}")
+        return Loader(used, fused)
     return Loader(used, plain)
-
-
-def _first_batch_problem(fused, plain, data: batches.ResidentData) -> str | None:
-    """Why the kernel cannot be trusted here (it fails to compile, or its batch differs), or None.
-
-    `auto` picks the kernel without being asked to, so it proves it on one batch
-    first: a new GPU or Triton version must not end a run, nor train on wrong inputs.
-    """
-    plan = batches.epoch_plan(0, 1, data.num_train, True, data.device)
-    try:
-        got, want = fused(plan, 0), plain(plan, 0)
-        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1.6e-2 if got[0].dtype == torch.bfloat16 else 0)
-    except Exception as e:  # a compile error, or an AssertionError naming the mismatch
-        return one_line(e)
-    return None
