@@ -171,8 +171,8 @@ def test_a_warning_is_in_the_log_once_when_stderr_is_the_log(tmp_path, monkeypat
 
 
 @pytest.mark.e2e
-def test_skipping_a_completed_experiment_imports_no_torch(tmp_path):
-    assert Fz([*SMALL, "--quiet"], tmp_path).wait() == 0
+def test_skipping_a_completed_experiment_imports_no_torch(tmp_path, in_tmp_path):
+    assert run_cli([*SMALL, "--quiet"]) == 0  # here; the skip below is a fresh process's
     code = (f"import sys; from fastzhang.cli import main; code = main({[*SMALL, '--quiet']!r}); "
             "sys.exit(10 + code if 'torch' in sys.modules else code)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=fz_env(), capture_output=True, text=True)
