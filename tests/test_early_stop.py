@@ -75,6 +75,7 @@ def reference(tmp_path_factory, one_thread) -> tuple[dict, dict]:
     return checkpoint.load(checkpoint.latest_path(folder / "checkpoints", ES_ID)), entry.payload
 
 
+@pytest.mark.slow  # whole runs, in process: ~3 s
 def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference, tmp_path, monkeypatch, capsys):
     want_ckpt, want = reference
     m = want["metrics"]
@@ -114,6 +115,7 @@ def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference, tmp
     assert re.search(r"^  Completed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", again, re.M)  # not 20261203_164602
 
 
+@pytest.mark.slow  # the reference run
 def test_a_results_file_from_before_early_stopping_stays_valid(reference):
     _, payload = reference
     older = {**payload, "metrics": {k: v for k, v in payload["metrics"].items()

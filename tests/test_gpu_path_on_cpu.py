@@ -273,6 +273,7 @@ def _assert_same_or_close(got: dict, want: dict, device) -> None:
             assert got["metrics"][key] == pytest.approx(series, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow  # torch.compile's imports and two runs: ~2 s
 def test_an_injected_compile_failure_warns_once_and_trains_as_compile_off(monkeypatch, tmp_path, capsys, one_thread):
     """The CPU's share of the fallback check below: the compile fallback through `fastzhang run` in this process."""
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 from conftest import files_under, run_cli, stderr_lines
 from fastzhang import checkpoint, results
 
-pytestmark = pytest.mark.usefixtures("in_tmp_path")
+pytestmark = [pytest.mark.usefixtures("in_tmp_path"), pytest.mark.slow]  # whole runs, in process: ~1 s each
 
 SMALL = ("run", "--model", "mlp1", "--dataset", "synthetic", "--batch-size", "64", "--device", "cpu", "--quiet")
 ID2, ID4 = "mlp1_synthetic_baseline_bs64_ep2", "mlp1_synthetic_baseline_bs64_ep4"

@@ -16,7 +16,7 @@ from conftest import TIMING, files_under, run_cli
 from fastzhang import checkpoint
 from fastzhang.config import ExperimentConfig
 
-pytestmark = pytest.mark.usefixtures("in_tmp_path")
+pytestmark = [pytest.mark.usefixtures("in_tmp_path"), pytest.mark.slow]  # whole runs, in process: ~1 s each
 
 ARGS = ("run", "--model", "mlp1", "--dataset", "synthetic", "--randomization", "random_labels", "--epochs", "6",
         "--batch-size", "100", "--device", "cpu", "--quiet")
