@@ -26,9 +26,10 @@ from fastzhang.atomicio import SLOW_WRITE_ENV
 
 EPOCHS = 8  # the experiment of test_faults_concurrency.py: one reference run serves both
 ARGS = (*TINY_RUN, "--epochs", str(EPOCHS))
-# Each write sleeps this long while a run is stopped: at most ~3 epochs a life on any machine, so two
-# stops never reach the end of 8 epochs; the second SIGINT usually lands in the stop's own write.
-SLOW_WRITE = "0.05"
+# Each write of a life that is stopped sleeps this long: an epoch ends in at least one write, so a life
+# (0.1-0.3 s) trains at most 3 epochs on any machine and two never reach the end of 8; the second SIGINT
+# usually lands in the write the first one started.
+SLOW_WRITE = "0.1"
 EID = f"mlp1_synthetic_random_labels_bs16_ep{EPOCHS}"
 INTERRUPTED = "fastzhang: interrupted; the last complete checkpoint is kept"
 STARTED = r"fastzhang: \S+: (starting|resuming after epoch (\d+)(?:, step (\d+))?)"
