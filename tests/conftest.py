@@ -523,3 +523,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def in_tmp_path(tmp_path, monkeypatch, one_thread):
+    """`run_cli` commands in tmp_path (where the default checkpoints/ and results/ go), on one thread."""
+    monkeypatch.chdir(tmp_path)

@@ -231,12 +231,23 @@ def test_sigint_stops_the_running_one_after_its_checkpoint_and_starts_no_more(tm
 
 
 @pytest.mark.e2e
-def test_a_thread_count_the_user_chose_is_the_one_every_run_uses(tmp_path):
-    """OMP_NUM_THREADS=1 alone: torch follows MKL_NUM_THREADS when set, so the batch must not set it otherwise."""
-    recipe = write_recipe(tmp_path / "r", "a.yaml", seed=1, epochs=1, subset=256)
+def test_the_users_thread_count_reaches_every_run_and_a_runs_log_holds_its_lines(tmp_path, capsys):
+    """OMP_NUM_THREADS=1 alone: torch follows MKL_NUM_THREADS when set, so the batch must not set it otherwise.
+    The run's stderr goes to its log (issue 17): its epoch lines and how it ended, which `status` reads."""
+    recipe = write_recipe(tmp_path / "r", "a.yaml", seed=1, epochs=2, subset=256)
     env = {k: v for k, v in fz_env(OMP_NUM_THREADS="1").items() if k != "MKL_NUM_THREADS"}
     fz = Fz(["batch", recipe, "--max-parallel", "1"], tmp_path, env=env)
     assert fz.wait() == 0, fz.stderr
     assert "(CPU, 1 thread(s) each)" in (fz.stderr + fz.stdout).splitlines()[0]
     [found] = results.scan(tmp_path / "results")
     assert found.payload["execution"]["threads"] == 1
+
+    ident, ckpt = eid(recipe), tmp_path / "checkpoints"
+    logged = checkpoint.log_path(ckpt, ident).read_text().splitlines()
+    assert [line[20:].split(":")[0] for line in logged[1:3]] == [f"{ident} epoch 1/2", f"{ident} epoch 2/2"]
+    assert logged[-1].startswith(f"fastzhang: {ident} completed: 2 epochs")  # the run's own stdout, sent there
+    assert main(["status", ident, "--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{ident}: completed" and out[1].startswith("EPOCH") and len(out) == 6
+    assert out[-2].startswith(f"results: {ident}_")
+    assert out[-1] == f"log: {checkpoint.log_path(ckpt, ident)}"

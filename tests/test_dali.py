@@ -130,22 +130,18 @@ def test_fastzhang_run_with_dali_gives_the_torch_loaders_metrics(tmp_path):
     ~1e-6 relative; accuracies are counts of images and stay equal.
     """
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from conftest import Fz
+
+    runs = {}
+    for loader in ("torch", "dali"):  # side by side, a thread each
+        (tmp_path / loader).mkdir()
+        runs[loader] = Fz(["run", "--model", "mlp1", "--dataset", "synthetic", "--epochs", "2", "--random-crop",
+                           "--device", "cpu", "--amp", "off", "--loader", loader, "--quiet"], tmp_path / loader)
     metrics = {}
-    for loader in ("torch", "dali"):
-        out = tmp_path / loader
-        cmd = [sys.executable, "-m", "fastzhang", "run", "--model", "mlp1", "--dataset", "synthetic",
-               "--epochs", "2", "--random-crop", "--device", "cpu", "--amp", "off", "--loader", loader,
-               "--quiet", "--checkpoint-dir", str(out / "ckpt"), "--results-dir", str(out / "results")]
-        proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        (path,) = (out / "results").glob("*.json")
+    for loader, fz in runs.items():
+        assert fz.wait(timeout=300) == 0, fz.stderr[-2000:]
+        (path,) = (tmp_path / loader / "results").glob("*.json")
         metrics[loader] = json.loads(path.read_text())["metrics"]
     torch_m, dali_m = metrics["torch"], metrics["dali"]
     for key in ("train_acc", "test_acc", "steps", "lr"):

@@ -1,4 +1,7 @@
-"""Early stopping: the rule, its ID tags, a real run that ends where the rule says, and its exact resumption."""
+"""Early stopping: the rule, its ID tags, a run that ends where the rule says, and its exact resumption.
+
+The runs go through `fastzhang run`'s command line in this process, on one thread.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ import math
 import re
 
 import pytest
-from conftest import TINY_RUN, Fz, assert_same_training
+from conftest import TINY_RUN, assert_same_training, run_cli
 
 from fastzhang import checkpoint, results
 from fastzhang.config import ExperimentConfig
 from fastzhang.train.engine import early_stop_due
+from test_engine import stop_requested_after
 
 PATIENCE, MIN_EPOCHS, EPOCHS = 4, 5, 30
 # Batches of 32 halve the steps; test accuracy last improves early (at epoch 3 here: the run stops at 7).
@@ -61,10 +65,19 @@ def test_settings_are_part_of_the_experiment():
     assert {"early_stop_patience", "early_stop_min_epochs"} <= set(cfg.identity())
 
 
-@pytest.mark.e2e
-def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run, tmp_path):
-    reference = reference_run(ES_RUN)
-    want_ckpt, want = reference.result()
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, one_thread) -> tuple[dict, dict]:
+    """(final checkpoint, results file) of the run never stopped, through `fastzhang run` in this process."""
+    folder = tmp_path_factory.mktemp("early_stop")
+    assert run_cli([*ES_RUN, "--quiet", "--checkpoint-dir", folder / "checkpoints",
+                    "--results-dir", folder / "results"]) == 0
+    [entry] = results.scan(folder / "results")
+    return checkpoint.load(checkpoint.latest_path(folder / "checkpoints", ES_ID)), entry.payload
+
+
+@pytest.mark.slow  # whole runs, in process: ~3 s
+def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference, tmp_path, monkeypatch, capsys):
+    want_ckpt, want = reference
     m = want["metrics"]
     stop = rule_epoch(m["test_acc"], PATIENCE, MIN_EPOCHS)
     assert stop is not None and stop < EPOCHS
@@ -75,35 +88,36 @@ def test_a_run_ends_where_the_rule_says_and_resumes_there_exactly(reference_run,
     improved = min(m["epochs"], key=lambda e: (-m["test_acc"][e - 1], e))  # the first to reach the best
     assert m["best_epoch"] == improved
 
-    # Killed inside the window (after the last improvement, before the stop), then resumed.
+    # Stopped inside the window (after the last improvement, before the stop), then resumed.
     window = improved + 1
     assert window < stop
-    killed = Fz(ES_RUN, tmp_path, name="killed")
-    killed.wait_for(rf"{ES_ID} epoch {window}/{EPOCHS}:", timeout=120)
-    killed.kill()
-    assert not results.files_for(tmp_path / "results", ES_ID), "the kill came after the run had ended"
-    resumed = Fz(ES_RUN, tmp_path, name="resumed")
-    assert resumed.wait() == 0, resumed.stderr
-    assert window <= int(re.search(r"resuming after epoch (\d+)", resumed.stderr)[1]) < stop
-    got_ckpt = checkpoint.load(checkpoint.latest_path(tmp_path / "checkpoints", ES_ID))
-    assert_same_training(got_ckpt, want_ckpt)
-    [path] = results.files_for(tmp_path / "results", ES_ID)
+    monkeypatch.chdir(tmp_path)
+    with stop_requested_after(monkeypatch, epoch=window):
+        assert run_cli(ES_RUN) == 143
+    assert checkpoint.load(checkpoint.latest_path("checkpoints", ES_ID))["epoch"] == window
+    assert not results.files_for("results", ES_ID)
+    capsys.readouterr()
+    assert run_cli(ES_RUN) == 0
+    resumed = capsys.readouterr()
+    assert f"resuming after epoch {window}:" in resumed.err
+    assert_same_training(checkpoint.load(checkpoint.latest_path("checkpoints", ES_ID)), want_ckpt)
+    [path] = results.files_for("results", ES_ID)
     got = results.read(path).payload
     assert (got["total_epochs"], got["metrics"]["early_stop_epoch"], got["metrics"]["best_epoch"]) == \
         (stop, stop, m["best_epoch"])
 
-    again = Fz(ES_RUN, tmp_path, name="again")
-    assert again.wait() == 0, again.stderr
-    assert "EXPERIMENT ALREADY COMPLETED" in again.stdout
+    assert run_cli(ES_RUN) == 0
+    again = capsys.readouterr().out
+    assert "EXPERIMENT ALREADY COMPLETED" in again
     ended = f"early stopping after epoch {stop}: test accuracy last improved at epoch {improved} (patience {PATIENCE})"
-    assert f"  Ended: {ended}" in again.stdout.splitlines()
-    assert f"fastzhang: {ES_ID} completed: {ended}; final train accuracy" in resumed.stdout  # why it stopped
-    assert re.search(r"^  Completed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", again.stdout, re.M)  # not 20261203_164602
+    assert f"  Ended: {ended}" in again.splitlines()
+    assert f"fastzhang: {ES_ID} completed: {ended}; final train accuracy" in resumed.out  # why it stopped
+    assert re.search(r"^  Completed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", again, re.M)  # not 20261203_164602
 
 
-@pytest.mark.e2e
-def test_a_results_file_from_before_early_stopping_stays_valid(reference_run):
-    _, payload = reference_run(ES_RUN).result()
+@pytest.mark.slow  # the reference run
+def test_a_results_file_from_before_early_stopping_stays_valid(reference):
+    _, payload = reference
     older = {**payload, "metrics": {k: v for k, v in payload["metrics"].items()
                                     if k not in ("best_epoch", "early_stop_epoch")}}
     assert results.validate(older) is None

@@ -1,6 +1,7 @@
 """bench/gpu_check.py (`make gpu-check`): its summary from pytest's own reports, and its refusals.
 
-The checks themselves are the tests marked `cuda` (they run in this suite on the CPU);
+The checks themselves are the tests marked `cuda` (they run in this suite on the CPU, those
+that start real `fastzhang` processes only under FASTZHANG_GPU_DRY_RUN=1);
 `FASTZHANG_GPU_DRY_RUN=1 make gpu-check` runs them again through the offline install,
 which is the lead's check, not this suite's.
 """

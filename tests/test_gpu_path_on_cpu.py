@@ -7,7 +7,9 @@
   to a run without that switch, and the switches actually used in the results file.
 
 The tests marked `cuda` are the GPU check's (`make gpu-check`): they take their device from
-the `device` fixture, so they run here on the CPU and on CUDA on a GPU machine.
+the `device` fixture, so they run here on the CPU and on CUDA on a GPU machine. The ones that
+start real `fastzhang` processes run on a plain CPU only in the GPU check's dry run
+(FASTZHANG_GPU_DRY_RUN=1): there what they assert is asserted by the cheaper tests each names.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TIMING, Fz, assert_same_results, assert_same_training, fz_env, stderr_lines
+from conftest import (DRY_ENV, REPO, TIMING, Fz, assert_same_results, assert_same_training, fz_env, run_cli,
+                      stderr_lines)
 from fastzhang.config import ExperimentConfig
 from fastzhang.data.batches import ResidentData
 from fastzhang.data.synthetic import make_synthetic
@@ -30,6 +34,12 @@ from fastzhang.train.fastpath import FAIL_ENV, Speed, TrainStep
 from fastzhang.train.loaders import make_loader
 
 PLAIN = Speed(amp=False, compile=False, cuda_graphs=False, channels_last=False)
+
+
+def gpu_check_only(covered_by: str):
+    """Skip a real-process check of the GPU check on a plain CPU run, where `covered_by` asserts it."""
+    return pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get(DRY_ENV) != "1",
+                              reason=f"make gpu-check's (CUDA, or FASTZHANG_GPU_DRY_RUN=1); on the CPU: {covered_by}")
 
 
 def _cfg(**extra) -> ExperimentConfig:
@@ -263,9 +273,34 @@ def _assert_same_or_close(got: dict, want: dict, device) -> None:
             assert got["metrics"][key] == pytest.approx(series, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow  # torch.compile's imports and two runs: ~2 s
+def test_an_injected_compile_failure_warns_once_and_trains_as_compile_off(monkeypatch, tmp_path, capsys, one_thread):
+    """The CPU's share of the fallback check below: the compile fallback through `fastzhang run` in this process."""
+    monkeypatch.chdir(tmp_path)
+    runs = {"off": [], "failed": [FAIL_ENV, "compile"]}
+    for name, env in runs.items():
+        if env:
+            monkeypatch.setenv(*env)
+        capsys.readouterr()
+        assert run_cli([*TINY, "--compile", "on" if env else "off", "--results-dir", f"{name}/results",
+                        "--checkpoint-dir", f"{name}/checkpoints"]) == 0
+    warnings = [line for line in stderr_lines(capsys.readouterr().err) if "warning" in line]
+    assert len(warnings) == 1 and re.search(r"compile failed \(_InjectedFailure: injected compile failure.*\); "
+                                            "continuing without", warnings[0]), warnings
+    got, want = _results(tmp_path / "failed"), _results(tmp_path / "off")
+    assert_same_results(got, want)
+    assert got["execution"]["switches"] == want["execution"]["switches"] and not got["execution"]["switches"]["compile"]
+    assert got["execution"]["fallbacks"] == [{"switch": "compile",
+                                              "reason": f"_InjectedFailure: injected compile failure ({FAIL_ENV})"}]
+    assert want["execution"]["fallbacks"] == []
+
+
 @pytest.mark.cuda
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+@gpu_check_only("test_an_injected_compile_failure_warns_once_and_trains_as_compile_off, and for a capture "
+                "test_failed_capture_falls_back_to_eager_steps_with_the_same_results and "
+                "test_injected_capture_failure_via_the_environment")
 @pytest.mark.parametrize("failure,switch", [("capture", "cuda_graphs"), ("compile", "compile")])
 def test_injected_failure_finishes_the_run_like_the_switch_off(tmp_path, device, failure, switch):
     """FASTZHANG_TEST_FAIL=capture|compile: one warning, the fallback in `execution`, results as without it.
@@ -495,6 +530,7 @@ def _synthetic(device, model: str, batch: int, subset: int | None, **flags) -> l
 @pytest.mark.cuda
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+@gpu_check_only("test_faults_kill.py::test_sigkill_at_random_moments_then_resume_is_bitwise_exact")
 def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, device, record_property):
     """Two uninterrupted runs (`auto` switches: on CUDA bf16, compile, graphs) and one SIGKILLed after a
     mid-epoch checkpoint, resumed. Bitwise is the claim; within a tolerance only where two uninterrupted
@@ -526,6 +562,7 @@ def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, device, 
 @pytest.mark.cuda
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+@gpu_check_only("test_resume_with_toggled_channels_last_lays_buffers_out_like_parameters")
 def test_resume_toggling_channels_last_finishes(tmp_path, device):
     """alexnet in NCHW, SIGKILLed after a mid-epoch checkpoint, resumed in channels_last (CUDA's fused
     SGD refuses momentum buffers whose strides differ from their parameters')."""

@@ -114,7 +114,7 @@ def test_end_to_end_with_real_runs_and_report(tmp_path):
     assert not (tmp_path / "results").exists()
     broken.unlink()
 
-    first = run_script(env, *args, recipes_dir=rdir, cwd=tmp_path, timeout=300)
+    first = run_script(env, *args, "--jobs", "2", recipes_dir=rdir, cwd=tmp_path, timeout=300)  # side by side
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2 ran, 0 skipped (already completed), 0 busy elsewhere, 0 failed" in first.stdout
     written = sorted(p.name for p in (tmp_path / "results").glob("*.json"))

@@ -1,4 +1,8 @@
-"""--snapshot-every: verified per-epoch snapshots, and restarting a finished experiment from one."""
+"""--snapshot-every: verified per-epoch snapshots, and restarting a finished experiment from one.
+
+Through `fastzhang`'s command line in this process (`cli.main`): files, exit codes and output
+are the command's own; nothing here depends on being a separate process.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ import json
 
 import torch
 
-from conftest import TIMING, Fz, files_under
+from conftest import TIMING, files_under, run_cli
 from fastzhang import checkpoint
 from fastzhang.config import ExperimentConfig
+
+pytestmark = [pytest.mark.usefixtures("in_tmp_path"), pytest.mark.slow]  # whole runs, in process: ~1 s each
 
 ARGS = ("run", "--model", "mlp1", "--dataset", "synthetic", "--randomization", "random_labels", "--epochs", "6",
         "--batch-size", "100", "--device", "cpu", "--quiet")
@@ -22,10 +28,8 @@ def _results(folder) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
 
 
-@pytest.mark.e2e
-def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path):
-    first = Fz([*ARGS, "--snapshot-every", "2"], tmp_path)
-    assert first.wait() == 0, first.stderr
+def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path, capsys):
+    assert run_cli([*ARGS, "--snapshot-every", "2"]) == 0
     ckpt = tmp_path / "checkpoints"
     assert [p.name for p in checkpoint.snapshots(ckpt, EID)] == [f"{EID}_epoch{e:03d}.pth" for e in (2, 4, 6)]
     assert EID == ExperimentConfig.from_mapping(  # an execution setting: the ID does not change
@@ -37,12 +41,11 @@ def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path):
     last = checkpoint.load(checkpoint.snapshot_path(ckpt, EID, 6))
     assert all(torch.equal(last["model_state_dict"][k], v) for k, v in final["model_state_dict"].items())
 
-    again = Fz([*ARGS, "--resume-from", checkpoint.snapshot_path(ckpt, EID, 6)], tmp_path, name="again")
-    assert again.wait() == 0, again.stderr  # the final snapshot: nothing left to train
-    assert "EXPERIMENT ALREADY COMPLETED" in again.stdout and len(_results(tmp_path)) == 1
+    capsys.readouterr()
+    assert run_cli([*ARGS, "--resume-from", checkpoint.snapshot_path(ckpt, EID, 6)]) == 0  # nothing left to train
+    assert "EXPERIMENT ALREADY COMPLETED" in capsys.readouterr().out and len(_results(tmp_path)) == 1
 
-    restarted = Fz([*ARGS, "--resume-from", snapshot], tmp_path, name="restarted")  # trains epochs 3-6 again
-    assert restarted.wait() == 0, restarted.stderr
+    assert run_cli([*ARGS, "--resume-from", snapshot]) == 0  # trains epochs 3-6 again
     old, new = _results(tmp_path)
     for key, series in old["metrics"].items():
         if isinstance(series, list) and key not in TIMING:
@@ -55,10 +58,8 @@ def test_snapshots_then_restart_from_epoch_2_is_bitwise_the_same_run(tmp_path):
                            buffers["momentum_buffer"])
 
 
-@pytest.mark.e2e
-def test_a_damaged_snapshot_is_refused_with_exit_4_and_nothing_written(tmp_path):
-    first = Fz([*ARGS, "--epochs", "3", "--snapshot-every", "2"], tmp_path)
-    assert first.wait() == 0, first.stderr
+def test_a_damaged_snapshot_is_refused_with_exit_4_and_nothing_written(tmp_path, capsys):
+    assert run_cli([*ARGS, "--epochs", "3", "--snapshot-every", "2"]) == 0
     eid = ExperimentConfig.from_mapping({"model": "mlp1", "dataset": "synthetic", "randomization": "random_labels",
                                          "epochs": 3, "batch_size": 100}).experiment_id
     assert [p.name[-7:] for p in checkpoint.snapshots(tmp_path / "checkpoints", eid)] == ["002.pth", "003.pth"]
@@ -71,8 +72,8 @@ def test_a_damaged_snapshot_is_refused_with_exit_4_and_nothing_written(tmp_path)
     data[at] ^= 0x01
     snapshot.write_bytes(bytes(data))
     before = files_under(tmp_path / "checkpoints"), files_under(tmp_path / "results")
-    bad = Fz([*ARGS, "--epochs", "3", "--resume-from", snapshot], tmp_path, name="bad")
-    assert bad.wait() == 4
-    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    capsys.readouterr()
+    assert run_cli([*ARGS, "--epochs", "3", "--resume-from", snapshot]) == 4
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"fastzhang: error: --resume-from {snapshot}: checksum mismatch")
     assert (files_under(tmp_path / "checkpoints"), files_under(tmp_path / "results")) == before

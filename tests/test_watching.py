@@ -1,7 +1,8 @@
 """Watching and steering runs (issue 17): what a run says, where it says it, and the advice it gives.
 
 Real `fastzhang` processes where the behaviour is the command line's: a bare `run`,
-output captured without a terminal, a batch run's log, `--resume-from PATH` alone.
+output captured without a terminal, `--resume-from PATH` alone. A batch run's log (its
+stderr) is test_batch_local.py's, beside the batch's thread count.
 """
 
 from __future__ import annotations
@@ -119,24 +120,6 @@ def test_resume_from_a_checkpoint_alone_continues_it_bit_exactly(tmp_path, refer
     assert f"{REF_ID}: resuming after epoch 7: mlp1 on synthetic (random_labels)" in logged
 
 
-@pytest.mark.e2e
-def test_a_batch_runs_log_holds_its_epoch_lines_and_status_reads_it(tmp_path, capsys):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: mlp1\ndataset: synthetic\nepochs: 2\nbatch_size: 64\ndevice: cpu\nseed: 3\n")
-    eid = "mlp1_synthetic_baseline_bs64_ep2_seed3"
-    fz = Fz(["batch", recipe, "--quiet"], tmp_path, name="batch")
-    assert fz.wait() == 0, fz.stderr
-    logged = checkpoint.log_path(tmp_path / "checkpoints", eid).read_text().splitlines()
-    assert [line[20:].split(":")[0] for line in logged[1:3]] == [f"{eid} epoch 1/2", f"{eid} epoch 2/2"]
-    assert logged[-1].startswith(f"fastzhang: {eid} completed: 2 epochs")  # the run's own stdout, sent there
-    assert run_cli(["status", eid, "--checkpoint-dir", tmp_path / "checkpoints",
-                    "--results-dir", tmp_path / "results"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{eid}: completed" and out[1].startswith("EPOCH") and len(out) == 6
-    assert out[-2].startswith(f"results: {eid}_")
-    assert out[-1] == f"log: {checkpoint.log_path(tmp_path / 'checkpoints', eid)}"
-
-
 def test_suggestions_for_a_misspelled_model_key_and_flag(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: mlp1\nepoch: 3\n")
@@ -171,8 +154,8 @@ def test_a_warning_is_in_the_log_once_when_stderr_is_the_log(tmp_path, monkeypat
 
 
 @pytest.mark.e2e
-def test_skipping_a_completed_experiment_imports_no_torch(tmp_path):
-    assert Fz([*SMALL, "--quiet"], tmp_path).wait() == 0
+def test_skipping_a_completed_experiment_imports_no_torch(tmp_path, in_tmp_path):
+    assert run_cli([*SMALL, "--quiet"]) == 0  # here; the skip below is a fresh process's
     code = (f"import sys; from fastzhang.cli import main; code = main({[*SMALL, '--quiet']!r}); "
             "sys.exit(10 + code if 'torch' in sys.modules else code)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=fz_env(), capture_output=True, text=True)
