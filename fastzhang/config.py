@@ -59,7 +59,8 @@ class ExperimentConfig:
     lr: float | None = None  # None: the paper's default for the model
     lr_decay: float = 0.95
     momentum: float = 0.9
-    seed: int = 0
+    seed: int = 0  # initialization, batch order, crops; and the data's randomization unless data_seed is set
+    data_seed: int | None = None  # the data set's randomization (labels, pixels, noise, subset); None: seed
     train_subset: int | None = None  # train on the first k images of a fixed shuffle
     stop_at_train_acc: float | None = None  # e.g. 100.0: stop once the epoch's train acc reaches it
     early_stop_patience: int | None = None  # N: stop once the best test accuracy is N epochs old
@@ -78,7 +79,8 @@ class ExperimentConfig:
 
     IDENTITY = (
         "model", "dataset", "randomization", "corrupt_prob", "random_crop", "weight_decay",
-        "epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "train_subset",
+        "epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "data_seed",
+        "train_subset",
         "stop_at_train_acc", "early_stop_patience", "early_stop_min_epochs",
     )
 
@@ -125,11 +127,14 @@ class ExperimentConfig:
     def effective_lr(self) -> float:
         return default_lr(self.model) if self.lr is None else self.lr
 
+    @property
+    def effective_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
     def identity(self) -> dict[str, Any]:
-        """The fields that define the experiment, with the learning rate resolved."""
-        out = {name: getattr(self, name) for name in self.IDENTITY}
-        out["lr"] = self.effective_lr
-        return out
+        """The fields that define the experiment, with the learning rate and the data seed resolved."""
+        return {**{name: getattr(self, name) for name in self.IDENTITY}, "lr": self.effective_lr,
+                "data_seed": self.effective_data_seed}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +220,8 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
     _at_least(source, "epochs", cfg.epochs, 1)
     _at_least(source, "batch_size", cfg.batch_size, 1)
     _at_least(source, "seed", cfg.seed, 0)
+    if cfg.data_seed is not None:
+        _at_least(source, "data_seed", cfg.data_seed, 0)
     if cfg.train_subset is not None:
         _at_least(source, "train_subset", cfg.train_subset, 1)
     if cfg.checkpoint_every_steps is not None:
@@ -244,6 +251,8 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
         changes = {"randomization": "random_labels", "corrupt_prob": 1.0}
     if cfg.lr is not None and cfg.lr == default_lr(cfg.model):
         changes["lr"] = None
+    if cfg.data_seed == cfg.seed:  # the default: the data seed follows the seed
+        changes["data_seed"] = None
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
@@ -263,6 +272,7 @@ _EXTRA_TAGS = (
     ("lr", "lr"), ("lr_decay", "decay"), ("momentum", "mom"), ("batch_size", "bs"),
     ("epochs", "ep"), ("train_subset", "sub"), ("stop_at_train_acc", "stop"),
     ("early_stop_patience", "es"), ("early_stop_min_epochs", "esmin"), ("seed", "seed"),
+    ("data_seed", "dseed"),  # only when it differs from the seed: today's IDs stay
 )
 
 
@@ -293,8 +303,8 @@ def experiment_id(identity: Mapping[str, Any]) -> str:
     if rand == "partial":
         parts.append("corrupt" + _safe(_num(round(identity["corrupt_prob"] * 100, 6))))
     for key, tag in _EXTRA_TAGS:
-        value = identity[key]
-        default = default_lr(model) if key == "lr" else getattr(_DEFAULTS, key)
+        value = identity.get(key)  # an identity from before a field existed (data_seed) has its default
+        default = {"lr": default_lr(model), "data_seed": identity.get("seed")}.get(key, getattr(_DEFAULTS, key))
         if value is not None and value != default:
             parts.append(tag + _safe(_num(value)))
     out = "_".join(parts)

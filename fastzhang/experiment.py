@@ -199,7 +199,7 @@ def _prepare(cfg: ExperimentConfig, arrays) -> tuple:
     activate_device(device)
     speed = resolve_speed(cfg, device)
     data = ResidentData.build(
-        arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.seed,
+        arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.effective_data_seed,
         train_subset=cfg.train_subset, device=device,
     )
     loader = make_loader(cfg.loader, data, cfg.batch_size, dtype=speed.input_dtype,
@@ -355,7 +355,7 @@ def _results_payload(cfg: ExperimentConfig, run, arrays, device_name: str) -> di
     return {
         "schema_version": results.SCHEMA_VERSION,
         "experiment_id": cfg.experiment_id,
-        "config": {**cfg.to_dict(), "lr": cfg.effective_lr},
+        "config": {**cfg.to_dict(), "lr": cfg.effective_lr, "data_seed": cfg.effective_data_seed},
         "metrics": {
             **{k: list(v) for k, v in m.items()},
             "best_test_acc": run.best_test_acc,
