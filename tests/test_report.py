@@ -13,7 +13,7 @@ from fastzhang.cli import main
 from fastzhang.config import ExperimentConfig
 from fastzhang.report import build_report
 from fastzhang.report.figures import figure1b_points, figure1b_series
-from fastzhang.report.tables import demo_runs, load_runs
+from fastzhang.report.tables import demo_groups, load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
