@@ -190,20 +190,13 @@ def format_summary(runs: list[RunResult], total: int, stop_signal: int | None, t
     lines = ["", head]
     sections = (
         (BUSY, "busy elsewhere (another process holds the lock; rerun later to pick them up)"),
-        (STOPPED, f"stopped by {_signal_name(stop_signal)} (resume by rerunning)"),
+        (STOPPED, f"stopped by {signal.Signals(stop_signal).name if stop_signal else 'a signal'} "
+                  "(resume by rerunning)"),
         (FAILED, "FAILED"),
     )
     for status, heading in sections:
         if by[status]:
             lines.append(f"{heading}:")
-            lines += [f"  {_failed_line(r) if status == FAILED else r.task.label}" for r in by[status]]
+            lines += [f"  {r.task.label}" + (f": exit {r.exit_code}" + f" ({r.detail})" * bool(r.detail)
+                                             if status == FAILED else "") for r in by[status]]
     return "\n".join(lines)
-
-
-def _failed_line(r: RunResult) -> str:
-    line = f"{r.task.label}: exit {r.exit_code}"
-    return f"{line} ({r.detail})" if r.detail else line
-
-
-def _signal_name(signum: int | None) -> str:
-    return signal.Signals(signum).name if signum else "a signal"

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from fastzhang.cli.run import add_output_flags
+from fastzhang.errors import UsageError
 
 
 def add_parser(sub) -> None:
@@ -49,7 +50,6 @@ def add_parser(sub) -> None:
 
 def _batch(args: argparse.Namespace) -> int:
     from fastzhang.batch.plan import BatchOptions, check_limits, collect
-    from fastzhang.errors import UsageError
     from fastzhang.log import info
 
     if args.address is not None and args.backend != "ray":
@@ -85,8 +85,6 @@ def _batch(args: argparse.Namespace) -> int:
 
 def parse_seeds(text: str) -> list[int]:
     """--seeds: '0-4' -> [0, 1, 2, 3, 4], '0,3,7' -> [0, 3, 7], in the order given; anything else a UsageError."""
-    from fastzhang.errors import UsageError
-
     seeds: list[int] = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)

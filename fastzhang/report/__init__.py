@@ -39,10 +39,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *,
         tables.STATISTICS, "",
         *scorecard.scorecard_section(runs),
     ]
-    if demo:
-        lines += tables.demo_section(demo, figures.demo_figure(demo, out_dir))
-    else:
-        (out_dir / figures.DEMO).unlink(missing_ok=True)
+    lines += tables.demo_section(demo, figures.demo_figure(demo, out_dir))  # none without a demo run
     lines += tables.table1_section(runs)
     lines += figures.figure1a_section(runs, out_dir)
     lines += figures.figure1bc_section(runs, out_dir, fit_threshold)

@@ -20,9 +20,9 @@ from fastzhang.report.fit import FIT_THRESHOLD, steps_to_fit
 from fastzhang.report.paper import (
     CHANCE_ACC, CORRUPTION_LEVELS, FIGURE1A_CURVES, FIGURE1A_MODEL, FIGURE1B_MODELS, FIGURE2_MODELS,
 )
-from fastzhang.report.stats import Summary
+from fastzhang.report.stats import Summary, summarize
 from fastzhang.report.tables import (
-    NOT_RUN, FinishedRun, Group, config_id, epochs_text, full_cifar, labels_text, markdown_table, pick, spread,
+    NOT_RUN, FinishedRun, Group, config_id, epochs_text, full_cifar, labels_text, markdown_table, pct, pick, spread,
     table1_groups,
 )
 
@@ -38,9 +38,10 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def mean_curve(group: Group, key: str, x: str = "steps"):
-    """(x, mean, band): `key` epoch by epoch averaged over the group's runs, against `x` of its longest run
-    (a run that ended earlier leaves the later epochs to the others); band = (min, max), None for one run."""
+def curve(ax, group: Group, key: str, x: str = "steps", hatch: str | None = None, **style):
+    """Draw `key` epoch by epoch averaged over the group's runs, against `x` of its longest run (one that
+    ended earlier leaves the later epochs to the others), and from two runs on the band from their minimum
+    to their maximum (hatched where a shading means something else). Returns (x, mean, band or None)."""
     import numpy as np
 
     longest = max(group.runs, key=lambda r: len(r.metrics[x]))
@@ -49,20 +50,13 @@ def mean_curve(group: Group, key: str, x: str = "steps"):
         row[:len(run.metrics[key])] = [_number(v) for v in run.metrics[key]]
     with np.errstate(invalid="ignore", divide="ignore"):  # an epoch no run has a number for stays NaN
         mean = np.nansum(ys, axis=0) / (~np.isnan(ys)).sum(axis=0)
+    xs = np.array([_number(v) for v in longest.metrics[x]]) / (1000 if x == "steps" else 1)
+    color = ax.plot(xs, mean, **style)[0].get_color()
     band = (np.fmin.reduce(ys), np.fmax.reduce(ys)) if group.n > 1 else None
-    return np.array([_number(v) for v in longest.metrics[x]]), mean, band
-
-
-def _curve(ax, group: Group, key: str, x: str = "steps", hatch: str | None = None, **style):
-    """Draw `group`'s mean curve of `key` and its min–max band (hatched where a shading means something else)."""
-    xs, mean, band = mean_curve(group, key, x)
-    xs = xs / 1000 if x == "steps" else xs
-    line = ax.plot(xs, mean, **style)[0]
     if band is not None:
-        fill = dict(facecolor="none", edgecolor=line.get_color(), hatch=hatch, alpha=0.4) if hatch else dict(
-            color=line.get_color(), alpha=0.15)
-        ax.fill_between(xs, *band, linewidth=0, **fill)
-    return xs, mean
+        fill = dict(facecolor="none", edgecolor=color, hatch=hatch) if hatch else dict(color=color)
+        ax.fill_between(xs, *band, linewidth=0, alpha=0.4 if hatch else 0.15, **fill)
+    return xs, mean, band
 
 
 def _figure():
@@ -81,15 +75,11 @@ def _save(fig, ax, path: Path, legend: str = "best") -> None:
     fig.savefig(path, dpi=120)
 
 
-def _drop(path: Path) -> None:
-    path.unlink(missing_ok=True)
-
-
 def _image_or_none(path: Path, drawn: bool, name: str) -> list[str]:
     """The figure's Markdown image when it was drawn; else its stale PNG goes and a line says so."""
     if drawn:
         return [f"![{name}]({path.name})", ""]
-    _drop(path)
+    path.unlink(missing_ok=True)
     return [f"No {name} run has completed yet.", ""]
 
 
@@ -106,28 +96,24 @@ def figure1a_groups(runs: list[FinishedRun]) -> list[tuple[str, Group | None]]:
     return out
 
 
-def _last(key: str):
-    """A run's value of the series `key` at its last epoch (None without one)."""
-    return lambda run: run.metrics[key][-1] if run.metrics[key] else None
-
-
 def figure1a_section(runs: list[FinishedRun], out_dir: Path) -> list[str]:
     curves = figure1a_groups(runs)
     rows = [[label, NOT_RUN, "—", "—", "—", "—"] if g is None else
-            [label, g.who(), g.each(epochs_text), g.each(lambda r: str(_last("steps")(r) or "—")),
-             spread(g.stat(_last("train_loss")), 4), spread(g.stat("final_train_acc"))] for label, g in curves]
+            [label, g.who(), g.each(epochs_text), g.each(lambda r: str((r.metrics["steps"] or ["—"])[-1])),
+             spread(g.stat(lambda r: (r.metrics["train_loss"] or [None])[-1]), 4),
+             spread(g.stat("final_train_acc"))] for label, g in curves]
     path = out_dir / FIGURE1A
     drawn = [(label, g) for label, g in curves if g is not None and any(r.metrics["steps"] for r in g.runs)]
     if drawn:
         fig, ax = _figure()
         for label, g in drawn:
-            _curve(ax, g, "train_loss", label=label)
+            curve(ax, g, "train_loss", label=label)
         ax.set(xlabel="thousand steps", ylabel="average training loss (per epoch)",
                title="Figure 1a: Inception on CIFAR-10")
         _save(fig, ax, path)
     header = ["Data", "Configuration", "Epochs", "Steps", "Final train loss", "Final train acc"]
-    return (["## Figure 1a: Inception's training loss against steps", ""] + _image_or_none(path, bool(drawn), "Figure 1a")
-            + markdown_table(header, rows) + [""])
+    return (["## Figure 1a: Inception's training loss against steps", "",
+             *_image_or_none(path, bool(drawn), "Figure 1a")] + markdown_table(header, rows) + [""])
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,7 +169,7 @@ def _test_error(run: FinishedRun) -> float | None:
 
 def _plot_against_p(series, path: Path, ylabel: str, title: str) -> bool:
     if not any(series.values()):
-        _drop(path)
+        path.unlink(missing_ok=True)
         return False
     fig, ax = _figure()
     for model, points in series.items():
@@ -200,13 +186,10 @@ def _plot_against_p(series, path: Path, ylabel: str, title: str) -> bool:
 
 def _fit_text(group: Group, threshold: float) -> str:
     steps = group.stat(_fitted(threshold))
-    if steps.n == group.n:
-        return spread(steps, 0)
-    best = max((a for r in group.runs for a in r.metrics["train_acc"] if isinstance(a, (int, float)) and a == a),
-               default=None)
-    missed = (f"best {best:.2f}%" if best is not None else "no train accuracy") + f" in {group.each(epochs_text)} epochs"
-    return f"not reached ({missed})" if not steps.n else f"{spread(steps, 0)}; {group.n - steps.n} of {group.n} " \
-                                                             f"not reached ({missed})"
+    best = summarize(a for r in group.runs for a in r.metrics["train_acc"]).hi
+    missed = (f"{group.n - steps.n} of {group.n} " if steps.n else "") + (
+        f"not reached (best {pct(best)}% in {group.each(epochs_text)} epochs)")
+    return spread(steps, 0) if steps.n == group.n else f"{spread(steps, 0)}; {missed}" if steps.n else missed
 
 
 def figure1bc_section(runs: list[FinishedRun], out_dir: Path, threshold: float = FIT_THRESHOLD) -> list[str]:
@@ -251,7 +234,7 @@ def _draw_figure2(drawn: list[tuple[int, str, Group]], path: Path) -> None:
     fig, ax = _figure()
     for i, label, group in drawn:  # i: the curve's place among all six, so its color never changes
         color = f"C{i}"
-        steps, acc = _curve(ax, group, "test_acc", hatch="///", color=color, label=label,
+        steps, acc, _ = curve(ax, group, "test_acc", hatch="///", color=color, label=label,
                             linestyle="-" if group.cfg.model == "inception" else "--")
         # the running best skips a diverged (NaN) epoch
         ax.fill_between(steps, acc, np.fmax.accumulate(acc), color=color, alpha=0.2, linewidth=0)
@@ -294,12 +277,12 @@ def demo_figure(groups: list[Group], out_dir: Path) -> str | None:
     path = out_dir / DEMO
     drawn = [g for g in groups if any(r.metrics["epochs"] for r in g.runs)]
     if not drawn:
-        _drop(path)
+        path.unlink(missing_ok=True)
         return None
     fig, ax = _figure()
     for i, (group, name) in enumerate(zip(drawn, demo_labels([g.cfg for g in drawn]))):
-        _curve(ax, group, "train_acc", x="epochs", color=f"C{i % 10}", label=name)
-        _curve(ax, group, "test_acc", x="epochs", color=f"C{i % 10}", linestyle="--")
+        curve(ax, group, "train_acc", x="epochs", color=f"C{i % 10}", label=name)
+        curve(ax, group, "test_acc", x="epochs", color=f"C{i % 10}", linestyle="--")
     ax.plot([], [], color="black", label="train (solid)")
     ax.plot([], [], color="black", linestyle="--", label="test (dashed)")
     ax.axhline(CHANCE_ACC, color="gray", linewidth=0.8, linestyle=":", label="chance")

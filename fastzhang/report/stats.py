@@ -58,25 +58,21 @@ def welch(a: Summary, b: Summary) -> tuple[float, float, float] | None:
 @functools.lru_cache(maxsize=None)
 def t_quantile(df: float, level: float = LEVEL) -> float:
     """t with P(|T| <= t) = level for Student's t with `df` > 0 degrees of freedom (math.inf: the normal)."""
-    tail = (1 - level) / 2
+    def above(t: float) -> bool:  # P(T > t) > (1 - level) / 2, for t >= 0
+        p = math.erfc(t / math.sqrt(2)) if math.isinf(df) else _beta_regularized(df / 2, 0.5, df / (df + t * t))
+        return p / 2 > (1 - level) / 2
+
     lo, hi = 0.0, 1.0
-    while _t_tail(hi, df) > tail:
+    while above(hi):
         lo, hi = hi, 2 * hi
     for _ in range(60):  # halves the bracket to below 1e-15 of its width
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_tail(mid, df) > tail else (lo, mid)
+        lo, hi = (mid, hi) if above(mid) else (lo, mid)
     return (lo + hi) / 2
 
 
-def _t_tail(t: float, df: float) -> float:
-    """P(T > t) for t >= 0."""
-    if math.isinf(df):
-        return math.erfc(t / math.sqrt(2)) / 2
-    return _beta_regularized(df / 2, 0.5, df / (df + t * t)) / 2
-
-
 def _beta_regularized(a: float, b: float, x: float) -> float:
-    """I_x(a, b); the continued fraction converges fast for x < (a + 1) / (a + b + 2), else use 1 − I_{1−x}(b, a)."""
+    """I_x(a, b); its continued fraction converges fast for x < (a + 1) / (a + b + 2), else 1 − I_{1−x}(b, a)."""
     if x <= 0 or x >= 1:
         return max(0.0, min(1.0, x))
     front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))

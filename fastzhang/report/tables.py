@@ -116,10 +116,7 @@ class Group:
 
 def latest_runs(runs: list[FinishedRun]) -> list[FinishedRun]:
     """The newest completed run of each experiment, by experiment ID."""
-    newest: dict[str, FinishedRun] = {}
-    for run in runs:
-        if run.completed and (run.experiment_id not in newest or run.order > newest[run.experiment_id].order):
-            newest[run.experiment_id] = run
+    newest = {r.experiment_id: r for r in sorted((r for r in runs if r.completed), key=lambda r: r.order)}
     return sorted(newest.values(), key=lambda r: r.experiment_id)
 
 
@@ -161,7 +158,7 @@ def spread(s: Summary, digits: int = 2) -> str:
 
 
 def delta(s: Summary, reference: float) -> str:
-    """mean − reference; from two values on with the t-interval less the reference, ✓ / ✗: reference inside / not."""
+    """mean − reference; from two values on with the t-interval less the reference and ✓ (reference inside) or ✗."""
     interval = s.interval()
     if interval is None:
         return f"{s.mean - reference:+.2f}" if s.n else "—"
@@ -206,18 +203,22 @@ def table1_groups(runs: list[FinishedRun]) -> list[tuple[Table1Row, Group | None
     return [(row, table1_match(row, runs)) for row in TABLE1]
 
 
+def accuracy_cells(group: Group | None, *references: float) -> list[str]:
+    """Train and test accuracy over the seeds, Δ against the references (train's and test's, or test's alone),
+    the epochs and the configuration; "not run" and dashes without a group."""
+    if group is None:
+        return [NOT_RUN, NOT_RUN] + ["—"] * (len(references) + 2)
+    stats = [group.stat("final_train_acc"), group.stat("final_test_acc")]
+    return ([spread(s) for s in stats] + [delta(s, ref) for s, ref in zip(stats[-len(references):], references)]
+            + [group.each(epochs_text), group.who()])
+
+
 def table1_section(runs: list[FinishedRun]) -> list[str]:
     header = ["Model", "Random crop", "Weight decay", "Paper train", "Paper test",
               "Ours train", "Ours test", "Δ train", "Δ test", "Epochs", "Configuration"]
-    rows, found = [], table1_groups(runs)
-    for row, group in found:
-        cells = [row.label, yes_no(row.random_crop), yes_no(row.weight_decay), row.train, row.test]
-        if group is None:
-            rows.append(cells + [NOT_RUN, NOT_RUN, "—", "—", "—", "—"])
-            continue
-        train, test = group.stat("final_train_acc"), group.stat("final_test_acc")
-        rows.append(cells + [spread(train), spread(test), delta(train, row.paper_train), delta(test, row.paper_test),
-                             group.each(epochs_text), group.who()])
+    found = table1_groups(runs)
+    rows = [[row.label, yes_no(row.random_crop), yes_no(row.weight_decay), row.train, row.test,
+             *accuracy_cells(group, row.paper_train, row.paper_test)] for row, group in found]
     return [
         "## Table 1: CIFAR-10 train / test accuracy (%)", "",
         f"{sum(g is not None for _, g in found)} of {len(TABLE1)} rows have a completed run. Ours: accuracies after "
@@ -261,7 +262,7 @@ def differences_section(found: dict[Table1Row, Group | None]) -> list[str]:
         "### Regularizers: the differences the paper reads from Table 1", "",
         "Each pair of rows that differ in one regularizer: test accuracy with it minus without it, on the "
         "means, with the 95% Welch interval (n ≥ 2 on both sides): the regularizer helps or hurts when the "
-        "interval leaves out 0, else no clear difference; ✓ when the paper's difference lies inside the interval.", "",
+        "interval leaves out 0, else no clear difference; ✓ when the paper's difference lies inside it.", "",
         *markdown_table(["Model", "Adds", "Beside", "Paper Δ test", "Ours Δ test", "95% interval (Welch)",
                          "n with / without"], rows), "",
     ]
@@ -273,6 +274,7 @@ def differences_section(found: dict[Table1Row, Group | None]) -> list[str]:
 # reproduction does (recipes/cifar100). Random labels should be fitted while test accuracy stays near 1%.
 
 CIFAR100_MODELS = ("inception", "alexnet", "mlp1")
+CIFAR100_LABELS = ("none", "random_labels")
 
 
 def cifar100_section(runs: list[FinishedRun]) -> list[str]:
@@ -282,16 +284,11 @@ def cifar100_section(runs: list[FinishedRun]) -> list[str]:
     chance = chance_acc("cifar100")
     rows = []
     for model in CIFAR100_MODELS:
-        for labels in ("none", "random_labels"):
+        for labels in CIFAR100_LABELS:
             group = pick(runs, lambda c: (c.dataset == "cifar100" and c.train_subset is None and c.model == model
                                           and c.randomization == labels and not c.random_crop and not c.weight_decay))
-            cells = [display_name(model), labels_text(ExperimentConfig(model=model, randomization=labels))]
-            if group is None:
-                rows.append(cells + [NOT_RUN, NOT_RUN, "—", "—", "—"])
-                continue
-            test = group.stat("final_test_acc")
-            rows.append(cells + [spread(group.stat("final_train_acc")), spread(test), delta(test, chance),
-                                 group.each(epochs_text), group.who()])
+            rows.append([display_name(model), labels_text(ExperimentConfig(model=model, randomization=labels)),
+                         *accuracy_cells(group, chance)])
     header = ["Model", "Labels", "Train acc", "Test acc", "Test − chance", "Epochs", "Configuration"]
     return [
         "## CIFAR-100: train / test accuracy (%)", "",
@@ -318,18 +315,17 @@ def labels_text(cfg: ExperimentConfig) -> str:
 
 
 def demo_section(found: list[Group], figure: str | None) -> list[str]:
-    header = ["Configuration", "Model", "Data", "Train images", "Epochs", "Train acc", "Test acc"]
-    rows = [[g.who(), display_name(g.cfg.model), labels_text(g.cfg), str(g.cfg.train_subset), g.each(epochs_text),
-             spread(g.stat("final_train_acc")), spread(g.stat("final_test_acc"))] for g in found]
+    if not found:
+        return []
+    header = ["Model", "Data", "Train images", "Train acc", "Test acc", "Test − chance", "Epochs", "Configuration"]
+    rows = [[display_name(g.cfg.model), labels_text(g.cfg), str(g.cfg.train_subset),
+             *accuracy_cells(g, chance_acc(g.cfg.dataset))] for g in found]
     lines = ["## Demo: fitting random labels (CPU-sized)", "",
              "Networks trained on a fixed subset of the training set, tested on the full test set.", "",
              *markdown_table(header, rows), ""]
-    for g in found:
-        if g.cfg.randomization != "none":
-            test, chance = g.stat("final_test_acc"), chance_acc(g.cfg.dataset)
-            lines.append(f"- {display_name(g.cfg.model)}, {labels_text(g.cfg)} (n = {g.n}): train accuracy "
-                         f"{pct(g.stat('final_train_acc').mean)}% against test accuracy {pct(test.mean)}%; "
-                         f"test − chance ({chance:g}%): {delta(test, chance)}.")
+    lines += [f"- {display_name(g.cfg.model)}, {labels_text(g.cfg)} (n = {g.n}): train accuracy "
+              f"{pct(g.stat('final_train_acc').mean)}% against test accuracy {pct(g.stat('final_test_acc').mean)}% "
+              f"(chance: {chance_acc(g.cfg.dataset):g}%)." for g in found if g.cfg.randomization != "none"]
     if figure:
         lines += ["", f"![Demo: train and test accuracy per epoch]({figure})"]
     return lines + [""]
