@@ -285,6 +285,8 @@ def demo_figure(groups: list[Group], out_dir: Path) -> str | None:
         curve(ax, group, "test_acc", x="epochs", color=f"C{i % 10}", linestyle="--")
     ax.plot([], [], color="black", label="train (solid)")
     ax.plot([], [], color="black", linestyle="--", label="test (dashed)")
+    if any(g.n > 1 for g in drawn):
+        ax.fill_between([], [], color="gray", alpha=0.3, label="min–max over seeds")
     ax.axhline(CHANCE_ACC, color="gray", linewidth=0.8, linestyle=":", label="chance")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 101), title="Demo: memorizing random labels")
     ax.grid(True, alpha=0.3)
