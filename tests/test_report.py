@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def write_result(folder: Path, stamp: str, *, train=100.0, test=50.0, epochs=3, fit_step=None,
                  completed=True, stopped_early=False, train_acc=None, test_acc=None, **settings) -> Path:
-    """A valid results file of `epochs` epochs, as experiment.py writes it (lr resolved in the config).
+    """A valid results file of `epochs` epochs, as experiment.py writes it (lr and data seed resolved in the config).
 
     Train accuracy climbs linearly to `train` and test accuracy stays at `test`, unless the
     `train_acc` / `test_acc` series are given (then their last values are the final ones).
@@ -34,7 +34,7 @@ def write_result(folder: Path, stamp: str, *, train=100.0, test=50.0, epochs=3, 
     payload = {
         "schema_version": results.SCHEMA_VERSION,
         "experiment_id": cfg.experiment_id,
-        "config": {**cfg.to_dict(), "lr": cfg.effective_lr},
+        "config": {**cfg.to_dict(), "lr": cfg.effective_lr, "data_seed": cfg.effective_data_seed},
         "metrics": {
             "epochs": list(range(1, n + 1)), "train_loss": [2.3 / (i + 1) for i in range(n)],
             "train_acc": train_acc, "test_loss": [2.0] * n,

@@ -1,14 +1,12 @@
 """The tidy export beside report.md: runs.csv (one row per experiment and epoch) and summary.csv.
 
-runs.csv holds the newest completed results file of each experiment, ordered by experiment ID:
-the experiment ID, every identity field of its config (ExperimentConfig.IDENTITY: `seed` and
-`data_seed` included, the learning rate and data seed resolved), the epoch and each per-epoch
-metric series (its learning rate as `epoch_lr`, beside the config's initial `lr`). summary.csv
-has one row per configuration (tables.Group: the experiment ID without the seeds, the
-identity fields but the seeds, the seeds and data seeds of its runs) with the mean, sample
-std, n, min and max over its runs of the final train and test accuracy and of the steps to fit
-at the report's fit threshold (over the runs that fit). A missing number (a diverged epoch, no
-fit, a std of one run) is an empty cell. `pandas.read_csv("runs.csv")` reads it all.
+runs.csv: the newest completed results file of each experiment, by experiment ID: the ID, every
+identity field (`seed` and `data_seed` included, lr and data seed resolved), the epoch and each
+per-epoch series (its learning rate as `epoch_lr`, beside the config's initial `lr`). summary.csv:
+one row per configuration (tables.Group: the ID without the seeds, the other identity fields, the
+seeds and data seeds of its runs) with mean, sample std, n, min and max over its runs of the final
+train and test accuracy and of the steps to fit at the report's threshold (over the runs that fit).
+A missing number (a diverged epoch, no fit, one run's std) is an empty cell.
 """
 
 from __future__ import annotations

@@ -269,9 +269,8 @@ def differences_section(found: dict[Table1Row, Group | None]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# CIFAR-100: Inception, AlexNet and MLP 1x512 on true and on random labels, chance (1%) marked.
-# Zhang et al. train on CIFAR-10 only; these runs extend the study as the most complete public
-# reproduction does (recipes/cifar100). Random labels should be fitted while test accuracy stays near 1%.
+# CIFAR-100 (recipes/cifar100: Zhang et al. train on CIFAR-10 only; the most complete public reproduction adds
+# it): random labels should be fitted while test accuracy stays near chance, 1%.
 
 CIFAR100_MODELS = ("inception", "alexnet", "mlp1")
 CIFAR100_LABELS = ("none", "random_labels")
