@@ -231,6 +231,9 @@ def test_checkpoints_carry_both_seeds_and_old_ones_resume_as_data_seed_equals_se
     with pytest.raises(ConfigMismatch, match=r"\(data_seed: checkpoint 2 vs requested 0\)") as e:
         state.check_resumable(old, cfg.replace(data_seed=0), Path("old.pth"))
     assert e.value.fields == ["data_seed"]
+    with pytest.raises(ConfigMismatch) as e:  # data seeds that follow their seeds: only the seed is named
+        state.check_resumable(old, cfg.replace(seed=4), Path("old.pth"))
+    assert e.value.fields == ["seed"]
 
 
 def test_a_run_with_a_data_seed_records_both(tmp_path, monkeypatch, one_thread):

@@ -6,10 +6,8 @@ the order of epoch 7 is regenerated without replaying epochs 1..6. The streams
 are numpy PCG64 generators on the CPU, so they are identical on every machine
 whatever device trains the model.
 
-Two seeds feed them (config.py): the data seed (`data_seed`, else `seed`) draws the
-data set, labels, pixels and subset; `seed` draws the training, order and crop (and
-the initial weights, models/build.py). So a data set can be held fixed while the
-training varies, or the reverse.
+The data seed (config `data_seed`, else `seed`) draws the data set: labels, pixels,
+subset; `seed` the training: order, crop (and the initial weights, models/build.py).
 """
 
 from __future__ import annotations

@@ -86,9 +86,12 @@ def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
     than `cfg.epochs` (extending: the schedule, lr x lr_decay after each epoch, and the epoch plans do not
     depend on the total, so it trains on exactly as a `cfg.epochs` run from scratch); else a UsageError."""
     missing = [key for key in REQUIRED if key not in payload]
-    theirs, ours = stored_config(payload, path).identity(), cfg.identity()
-    trained = payload.get("epoch", 0)
-    differ = [k for k in ours if theirs[k] != ours[k] and not (k == "epochs" and ours[k] > trained)]
+    stored = stored_config(payload, path)
+    theirs, ours, trained = stored.identity(), cfg.identity(), payload.get("epoch", 0)
+    # a data seed that follows the seed on both sides differs only as the seed does: one field to name
+    follows = stored.data_seed is None and cfg.data_seed is None
+    differ = [k for k in ours if theirs[k] != ours[k] and not (k == "epochs" and ours[k] > trained)
+              and not (k == "data_seed" and follows)]
     if differ:
         text = "; ".join(f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in differ)
         more = f", and --epochs must exceed the {trained} it has trained" if "epochs" in differ else ""
