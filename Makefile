@@ -14,6 +14,8 @@ TORCH    ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 TORCH_INDEX_URL ?=
 EXTRAS   ?= dev
 JOBS     ?= 1
+# Every recipe once per seed (fastzhang batch --seeds): SEEDS=0-4 or SEEDS=0,3,7; empty: the recipes' own seed.
+SEEDS    ?=
 
 .PHONY: help setup setup-full test test-fast demo report bench bench-compare bench-gpu gpu-check gpu-wheels \
         table1 figure1a figure1b baseline random_labels cifar100 all status clean-venv
@@ -30,7 +32,8 @@ help:
 	@echo "make gpu-wheels  fill bench/wheels/ (needs package access) for gpu-check on an offline machine"
 	@echo "make bench-gpu   the whole benchmark suite on a CUDA machine, offline, kept in bench/history/"
 	@echo "make table1 | figure1a | figure1b | baseline | random_labels | cifar100 | all"
-	@echo "                 run a category of recipes (completed ones are skipped), then the report"
+	@echo "                 run a category of recipes (completed ones are skipped), then the report;"
+	@echo "                 SEEDS=0-4 (or 0,3,7) runs every recipe once per seed (also for make demo)"
 	@echo "make report      rebuild results/report from the results files"
 	@echo "make status      one row per experiment"
 
@@ -54,10 +57,10 @@ test-fast: setup
 	$(VENV)/bin/python -m pytest -q -x -m "not slow and not e2e"
 
 # The batch targets rebuild the report even when a recipe failed (it shows whatever exists),
-# then fail with the batch's exit status.
+# then fail with the batch's exit status; not after bad input (exit 2: nothing ran).
 demo: setup
-	bash recipes/run_all_recipes.sh --category demo; status=$$?; \
-	$(FZ) report --results results --out results/report; exit $$status
+	bash recipes/run_all_recipes.sh --category demo $(if $(SEEDS),--seeds $(SEEDS)); status=$$?; \
+	[ $$status = 2 ] || $(FZ) report --results results --out results/report; exit $$status
 
 report: setup
 	$(FZ) report --results results --out results/report
@@ -65,13 +68,9 @@ report: setup
 status: setup
 	$(FZ) status
 
-table1 figure1a figure1b baseline random_labels cifar100: setup
-	bash recipes/run_all_recipes.sh --category $@ --jobs $(JOBS); status=$$?; \
-	$(FZ) report --results results --out results/report; exit $$status
-
-all: setup
-	bash recipes/run_all_recipes.sh --category all --jobs $(JOBS); status=$$?; \
-	$(FZ) report --results results --out results/report; exit $$status
+table1 figure1a figure1b baseline random_labels cifar100 all: setup
+	bash recipes/run_all_recipes.sh --category $@ --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS)); status=$$?; \
+	[ $$status = 2 ] || $(FZ) report --results results --out results/report; exit $$status
 
 # torch threads for every CPU benchmark of the run; on a machine other jobs share, BENCH_THREADS=1
 # (OpenMP threads that wait for a busy core lose several times, bench/NOTES.md §1).

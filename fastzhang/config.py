@@ -59,7 +59,8 @@ class ExperimentConfig:
     lr: float | None = None  # None: the paper's default for the model
     lr_decay: float = 0.95
     momentum: float = 0.9
-    seed: int = 0
+    seed: int = 0  # initialization, batch order, crops; and the data's randomization unless data_seed is set
+    data_seed: int | None = None  # the data set's randomization (labels, pixels, noise, subset); None: seed
     train_subset: int | None = None  # train on the first k images of a fixed shuffle
     stop_at_train_acc: float | None = None  # e.g. 100.0: stop once the epoch's train acc reaches it
     early_stop_patience: int | None = None  # N: stop once the best test accuracy is N epochs old
@@ -78,7 +79,8 @@ class ExperimentConfig:
 
     IDENTITY = (
         "model", "dataset", "randomization", "corrupt_prob", "random_crop", "weight_decay",
-        "epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "train_subset",
+        "epochs", "batch_size", "lr", "lr_decay", "momentum", "seed", "data_seed",
+        "train_subset",
         "stop_at_train_acc", "early_stop_patience", "early_stop_min_epochs",
     )
 
@@ -125,11 +127,14 @@ class ExperimentConfig:
     def effective_lr(self) -> float:
         return default_lr(self.model) if self.lr is None else self.lr
 
+    @property
+    def effective_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
     def identity(self) -> dict[str, Any]:
-        """The fields that define the experiment, with the learning rate resolved."""
-        out = {name: getattr(self, name) for name in self.IDENTITY}
-        out["lr"] = self.effective_lr
-        return out
+        """The fields that define the experiment, with the learning rate and the data seed resolved."""
+        return {**{name: getattr(self, name) for name in self.IDENTITY}, "lr": self.effective_lr,
+                "data_seed": self.effective_data_seed}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,39 +154,32 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ExperimentConfig)}
 
 
 def _type_name(value: Any) -> str:
-    return {list: "list", dict: "mapping", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    names = {list: "list", dict: "mapping", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
+
+
+# base type -> (accepts a value, what the error says it must be); booleans are not numbers
+_TYPES = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
 
 
 def _check_type(key: str, value: Any, source: str) -> Any:
     kind = _FIELD_TYPES[key]
-    optional = "None" in kind
     if value is None:
-        if optional:
+        if "None" in kind:
             return None
         raise ConfigError(f"{source}: {key} must not be empty")
     base = kind.replace(" | None", "")
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
-    if base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
-    if base == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
-            return float(value)
-        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-    if base == "str":
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
-    raise AssertionError(f"unhandled field type {kind} for {key}")
+    accepts, expected = _TYPES[base]
+    if not accepts(value):
+        raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+    if base == "float" and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+    return float(value) if base == "float" else value
 
 
 def _choice(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -212,20 +210,13 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
         raise ConfigError(f"{source}: lr_decay must be in (0, 1]; got {cfg.lr_decay}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"{source}: momentum must be in [0, 1); got {cfg.momentum}")
-    _at_least(source, "epochs", cfg.epochs, 1)
-    _at_least(source, "batch_size", cfg.batch_size, 1)
-    _at_least(source, "seed", cfg.seed, 0)
-    if cfg.train_subset is not None:
-        _at_least(source, "train_subset", cfg.train_subset, 1)
-    if cfg.checkpoint_every_steps is not None:
-        _at_least(source, "checkpoint_every_steps", cfg.checkpoint_every_steps, 1)
-    if cfg.snapshot_every is not None:
-        _at_least(source, "snapshot_every", cfg.snapshot_every, 1)
+    for key, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("data_seed", 0), ("train_subset", 1),
+                     ("checkpoint_every_steps", 1), ("snapshot_every", 1), ("early_stop_patience", 1),
+                     ("early_stop_min_epochs", 0)):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < low:
+            raise ConfigError(f"{source}: {key} must be >= {low}; got {getattr(cfg, key)}")
     if cfg.stop_at_train_acc is not None and not 0 < cfg.stop_at_train_acc <= 100:
         raise ConfigError(f"{source}: stop_at_train_acc must be in (0, 100]; got {cfg.stop_at_train_acc}")
-    if cfg.early_stop_patience is not None:
-        _at_least(source, "early_stop_patience", cfg.early_stop_patience, 1)
-    _at_least(source, "early_stop_min_epochs", cfg.early_stop_min_epochs, 0)
     if cfg.early_stop_min_epochs and cfg.early_stop_patience is None:
         raise ConfigError(f"{source}: early_stop_min_epochs applies only with early_stop_patience; "
                           f"got early_stop_min_epochs {cfg.early_stop_min_epochs} without it")
@@ -244,12 +235,9 @@ def _canonical(cfg: ExperimentConfig, source: str) -> ExperimentConfig:
         changes = {"randomization": "random_labels", "corrupt_prob": 1.0}
     if cfg.lr is not None and cfg.lr == default_lr(cfg.model):
         changes["lr"] = None
+    if cfg.data_seed == cfg.seed:  # the default: the data seed follows the seed
+        changes["data_seed"] = None
     return dataclasses.replace(cfg, **changes) if changes else cfg
-
-
-def _at_least(source: str, key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{source}: {key} must be >= {low}; got {value}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -263,6 +251,7 @@ _EXTRA_TAGS = (
     ("lr", "lr"), ("lr_decay", "decay"), ("momentum", "mom"), ("batch_size", "bs"),
     ("epochs", "ep"), ("train_subset", "sub"), ("stop_at_train_acc", "stop"),
     ("early_stop_patience", "es"), ("early_stop_min_epochs", "esmin"), ("seed", "seed"),
+    ("data_seed", "dseed"),  # only when it differs from the seed: today's IDs stay
 )
 
 
@@ -293,8 +282,8 @@ def experiment_id(identity: Mapping[str, Any]) -> str:
     if rand == "partial":
         parts.append("corrupt" + _safe(_num(round(identity["corrupt_prob"] * 100, 6))))
     for key, tag in _EXTRA_TAGS:
-        value = identity[key]
-        default = default_lr(model) if key == "lr" else getattr(_DEFAULTS, key)
+        value = identity.get(key)  # an identity from before a field existed (data_seed) has its default
+        default = {"lr": default_lr(model), "data_seed": identity.get("seed")}.get(key, getattr(_DEFAULTS, key))
         if value is not None and value != default:
             parts.append(tag + _safe(_num(value)))
     out = "_".join(parts)

@@ -166,12 +166,8 @@ def read_resume_file(path: Path) -> dict:
 
 
 def _remove_stale_temporaries(opts: RunOptions, eid: str) -> None:
-    """Delete `.tmp` files that a killed writer of this experiment left behind.
-
-    Only the lock holder writes this experiment's files, so under the lock every
-    such file is garbage; a run preempted again and again inside its checkpoint
-    writes would otherwise fill the disk with full-size copies.
-    """
+    """Delete `.tmp` files that a killed writer of this experiment left behind: under the lock every such file
+    is garbage, and a run preempted again and again inside its checkpoint writes would fill the disk with them."""
     from fastzhang import checkpoint
 
     stale = [p for p in checkpoint.experiment_files(opts.checkpoint_dir, eid) if p.name.endswith(".tmp")]
@@ -186,11 +182,8 @@ def _remove_stale_temporaries(opts: RunOptions, eid: str) -> None:
 
 
 def _prepare(cfg: ExperimentConfig, arrays) -> tuple:
-    """(data on the device, speed switches, loader): what training needs besides the checkpoint.
-
-    Built before the lock is taken, so a bad device, subset or loader is refused with
-    nothing written.
-    """
+    """(data on the device, speed switches, loader): what training needs besides the checkpoint. Built before
+    the lock is taken, so a bad device, subset or loader is refused with nothing written."""
     from fastzhang.data.batches import ResidentData
     from fastzhang.train.fastpath import activate_device, resolve_device, resolve_speed
     from fastzhang.train.loaders import make_loader
@@ -199,7 +192,7 @@ def _prepare(cfg: ExperimentConfig, arrays) -> tuple:
     activate_device(device)
     speed = resolve_speed(cfg, device)
     data = ResidentData.build(
-        arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.seed,
+        arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.effective_data_seed,
         train_subset=cfg.train_subset, device=device,
     )
     loader = make_loader(cfg.loader, data, cfg.batch_size, dtype=speed.input_dtype,
@@ -306,7 +299,8 @@ def _start_run(cfg: ExperimentConfig, device, speed, start: dict | None, log: Ru
     from fastzhang.train import engine, state
 
     run = engine.build_run(cfg, device, speed)
-    what = f"{runlog.describe(cfg)}; on {device} ({_speed_text(speed)}); log {log.path}"
+    on = ", ".join(name for name in SPEED_SWITCHES if getattr(speed, name))
+    what = f"{runlog.describe(cfg)}; on {device} ({'fast path: ' + on if on else 'fp32 eager'}); log {log.path}"
     if start is None:
         log.say(f"{cfg.experiment_id}: starting: {what}")
         return run
@@ -338,11 +332,6 @@ def _execution(device, speed, loader, fallbacks: list[dict]) -> dict:
     return {"device": str(device), "switches": switches, "loader": loader.name, "fallbacks": list(fallbacks)}
 
 
-def _speed_text(speed) -> str:
-    on = [name for name in SPEED_SWITCHES if getattr(speed, name)]
-    return "fast path: " + ", ".join(on) if on else "fp32 eager"
-
-
 def _results_payload(cfg: ExperimentConfig, run, arrays, device_name: str) -> dict:
     import torch
 
@@ -355,7 +344,7 @@ def _results_payload(cfg: ExperimentConfig, run, arrays, device_name: str) -> di
     return {
         "schema_version": results.SCHEMA_VERSION,
         "experiment_id": cfg.experiment_id,
-        "config": {**cfg.to_dict(), "lr": cfg.effective_lr},
+        "config": {**cfg.to_dict(), "lr": cfg.effective_lr, "data_seed": cfg.effective_data_seed},
         "metrics": {
             **{k: list(v) for k, v in m.items()},
             "best_test_acc": run.best_test_acc,

@@ -70,6 +70,7 @@ def describe(cfg) -> str:
     data = cfg.dataset if cfg.randomization == "none" else f"{cfg.dataset} ({labels})"
     extras = [f"weight decay {cfg.weight_decay:g}"] if cfg.weight_decay else []
     extras += ["random crops"] if cfg.random_crop else []
+    extras += [f"data seed {cfg.data_seed}"] if cfg.data_seed is not None else []
     extras += [f"first {cfg.train_subset} images"] if cfg.train_subset else []
     extras += [f"stop at {cfg.stop_at_train_acc:g}% train accuracy"] if cfg.stop_at_train_acc else []
     extras += [f"early stopping after {cfg.early_stop_patience} epochs without a better test accuracy, "

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Thin wrapper: `fastzhang batch` (the local pool) over one category of recipes, or all of them.
 #
-#   bash recipes/run_all_recipes.sh --category NAME|all [--jobs N] [--force] [--use_wandb]
+#   bash recipes/run_all_recipes.sh --category NAME|all [--jobs N] [--seeds 0-4] [--force] [--use_wandb]
 #        [--recipes-dir DIR] [other flags of fastzhang batch: --results-dir DIR, --quiet, ...]
 #
 # NAME is a folder of recipes/ (table1, figure1a, figure1b, baseline, random_labels, cifar100, demo); `all` is
-# every folder. --jobs N runs up to N recipes at once (`fastzhang batch --max-parallel N`). The rest is
+# every folder. --jobs N runs up to N recipes at once (`fastzhang batch --max-parallel N`); --seeds S runs
+# every recipe once per seed (0-4, or 0,3,7; `make table1 SEEDS=0-4` passes it). The rest is
 # `fastzhang batch`'s (see its --help): same experiment (ID) runs once, completed ones are skipped,
 # exit status 0 nothing failed, 1 some run failed, 2 bad input, 130 / 143 stopped by SIGINT / SIGTERM.
 # Environment: FASTZHANG (the fastzhang executable; default .venv/bin/fastzhang, else PATH), RECIPES_DIR.
@@ -15,7 +16,7 @@ shopt -s nullglob
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
-usage() { sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() { echo "run_all_recipes: error: $*" >&2; exit 2; }
 
 category="" recipes_dir=${RECIPES_DIR:-$here} batch_flags=()

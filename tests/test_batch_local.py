@@ -173,10 +173,10 @@ def test_capacity_threads_and_commands(tmp_path):
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "GPU-abc", "OMP_NUM_THREADS": "7", "MKL_NUM_THREADS": "7"}
     path = tmp_path / "r.yaml"
     path.write_text("model: mlp1\ndataset: synthetic\ndevice: cuda:1\ndata_dir: /data\n")
-    [task], _ = collect([path])
+    [task], _ = collect([path], seeds=[2])  # batch --seeds 2: the recipe's run with seed 2
     cmd = local.run_command(task, BatchOptions(Path("c"), Path("r"), force=True), pinned=True)
-    assert cmd[1:] == ["-m", "fastzhang", "run", "--config", str(path), "--quiet", "--checkpoint-dir", "c",
-                       "--results-dir", "r", "--data-dir", "/data", "--device", "cuda", "--force"]
+    assert cmd[1:] == ["-m", "fastzhang", "run", "--config", str(path), "--seed", "2", "--quiet", "--checkpoint-dir",
+                       "c", "--results-dir", "r", "--data-dir", "/data", "--device", "cuda", "--force"]
     assert "--device" not in local.run_command(task, BatchOptions(), pinned=False)
 
 

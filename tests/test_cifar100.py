@@ -179,6 +179,6 @@ def test_mlp1_trains_on_random_cifar100_labels_end_to_end(tmp_path, monkeypatch,
     m = payload["metrics"]
     test = m["final_test_acc"]
     row = (f"| MLP 1x512 | random labels | {m['final_train_acc']:.2f} | {test:.2f} | {test - 1:+.2f} | 2 | "
-           f"`{eid}` |")
+           f"`{eid}`, n = 1 (seed 0) |")
     assert row in section.splitlines()
     assert "| Inception | true labels | not run | not run | — | — | — |" in section

@@ -79,14 +79,16 @@ def test_different_configurations_never_share_an_id():
     grid = {
         "model": ["inception", "mlp1"], "randomization": ["none", "random_labels", "gaussian"],
         "weight_decay": [0.0, 0.0005], "random_crop": [False, True], "epochs": [100, 5],
-        "lr": [None, 0.05], "seed": [0, 3], "batch_size": [128, 64], "train_subset": [None, 500],
+        "lr": [None, 0.05], "seed": [0, 3], "data_seed": [None, 0, 3], "batch_size": [128, 64],
+        "train_subset": [None, 500],
     }
     ids = {}
     for combo in itertools.product(*grid.values()):
         cfg = ExperimentConfig.from_mapping(dict(zip(grid, combo)))
         ids.setdefault(cfg.experiment_id, set()).add(tuple(sorted(cfg.identity().items(), key=str)))
     assert all(len(identities) == 1 for identities in ids.values())
-    assert len(ids) == 2 * 3 * 2 * 2 * 2 * 2 * 2 * 2 * 2
+    # seed x data seed: 4 experiments of 6 spellings (a data seed equal to the seed is the default)
+    assert len(ids) == 2 * 3 * 2 * 2 * 2 * 2 * 4 * 2 * 2
 
 
 @pytest.mark.parametrize("hostile", ["../../etc/passwd", "a/b\\c", "x\x00y", "rm -rf *; echo", "é?<>|:\"'", "." * 300])

@@ -89,5 +89,5 @@ def test_registered_model_runs_end_to_end(toy, tmp_path, capsys):
     # The report: a subset run is a demo run, shown under the entry's display name.
     assert run_cli(["report", "--results", res, "--out", out]) == 0
     report = (out / "report.md").read_text()
-    assert f"| `{eid}` | Tiny ConvNet | true labels | 256 | 2 |" in report
+    assert "| Tiny ConvNet | true labels | 256 |" in report and f"| 2 | `{eid}`, n = 1 (seed 0) |" in report
     assert "1 results files, 1 completed runs, 0 damaged or unreadable" in report  # its config loaded

@@ -102,11 +102,11 @@ def test_demo_pair_differs_only_in_the_labels():
 
 
 def test_cifar100_is_three_models_on_true_and_random_labels_with_the_paper_schedule():
-    from fastzhang.report import cifar100
+    from fastzhang.report.tables import CIFAR100_LABELS, CIFAR100_MODELS
 
     configs = category("cifar100")
     assert sorted((c.model, c.randomization) for c in configs) == sorted(
-        (m, r) for m in cifar100.MODELS for r in cifar100.LABELS)
+        (m, r) for m in CIFAR100_MODELS for r in CIFAR100_LABELS)
     for c in configs:
         assert c.replace(model="inception", dataset="cifar10", randomization="none", corrupt_prob=0.0) == \
             ExperimentConfig()

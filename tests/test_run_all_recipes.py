@@ -52,12 +52,12 @@ def recorder(tmp_path):
 
 def test_a_category_or_all_and_every_flag_reach_batch_and_its_exit_status_comes_back(tmp_path, recorder):
     env, rdir = recorder
-    out = run_script({**env, "FAKE_EXIT": "143"}, "--category", "tiny", "--jobs", "3", "--force", "--use_wandb",
-                     "--results-dir", "R", recipes_dir=rdir, cwd=tmp_path)
+    out = run_script({**env, "FAKE_EXIT": "143"}, "--category", "tiny", "--jobs", "3", "--seeds", "0-2", "--force",
+                     "--use_wandb", "--results-dir", "R", recipes_dir=rdir, cwd=tmp_path)
     assert out.returncode == 143, out.stderr  # the batch's status is the script's (exec)
     assert (tmp_path / "args").read_text().splitlines() == [
-        "batch", str(rdir / "tiny"), "--title", "category tiny", "--max-parallel", "3", "--force", "--use_wandb",
-        "--results-dir", "R"]
+        "batch", str(rdir / "tiny"), "--title", "category tiny", "--max-parallel", "3", "--seeds", "0-2", "--force",
+        "--use_wandb", "--results-dir", "R"]
     assert run_script(env, "--category", "all", recipes_dir=rdir, cwd=tmp_path).returncode == 0
     assert (tmp_path / "args").read_text().splitlines() == [
         "batch", str(rdir / "other"), str(rdir / "tiny"), "--title", "category all"]
@@ -128,4 +128,5 @@ def test_end_to_end_with_real_runs_and_report(tmp_path):
 
     text = build_report(tmp_path / "results", tmp_path / "report").read_text()
     assert "2 results files, 2 completed runs, 0 damaged or unreadable" in text  # the writer's files read back
-    assert "| `mlp1_synthetic_random_labels_ep2_sub256` | MLP 1x512 | random labels | 256 | 2 |" in text
+    assert "| MLP 1x512 | random labels | 256 |" in text
+    assert "| `mlp1_synthetic_random_labels_ep2_sub256`, n = 1 (seed 0) |" in text

@@ -86,8 +86,8 @@ def worker_env(base: dict[str, str], *, gpu: str | None, threads: int) -> dict[s
 
 
 def run_command(task: Task, opts: BatchOptions, *, pinned: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "fastzhang", "run", "--config", str(task.recipe), "--quiet",
-           "--checkpoint-dir", str(opts.checkpoint_dir), "--results-dir", str(opts.results_dir)]
+    cmd = [sys.executable, "-m", "fastzhang", "run", "--config", str(task.recipe), "--seed", str(task.config.seed),
+           "--quiet", "--checkpoint-dir", str(opts.checkpoint_dir), "--results-dir", str(opts.results_dir)]
     if task.config.data_dir is not None:
         cmd += ["--data-dir", task.config.data_dir]
     if pinned and (device := pinned_device(task.config)):

@@ -95,23 +95,26 @@ def recipe_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def collect(paths: Iterable[str | Path], overrides: Mapping[str, object] | None = None) -> tuple[list[Task], list[str]]:
-    """One Task per experiment ID, in the order given, and a note for each duplicate recipe."""
+def collect(paths: Iterable[str | Path], overrides: Mapping[str, object] | None = None,
+            seeds: Iterable[int] | None = None) -> tuple[list[Task], list[str]]:
+    """One Task per experiment ID, in the order given, and a note for each duplicate recipe. With `seeds`,
+    every recipe once per seed, seed after seed: a stopped batch has whole tables at its first seeds."""
     tasks: list[Task] = []
     notes: list[str] = []
     first: dict[str, Task] = {}
-    seen_files: set[Path] = set()
+    files: dict[Path, Path] = {}
     for path in recipe_files(paths):
-        if path.resolve() in seen_files:
-            continue  # the same file named twice (e.g. itself and its folder)
-        seen_files.add(path.resolve())
-        task = Task(path, ExperimentConfig.from_yaml(path, overrides=overrides))
-        if task.experiment_id in first:
-            notes.append(f"same experiment as {first[task.experiment_id].recipe}: {path} "
-                         f"({task.experiment_id}), runs once")
-            continue
-        first[task.experiment_id] = task
-        tasks.append(task)
+        files.setdefault(path.resolve(), path)  # the same file named twice (e.g. itself and its folder): once
+    for seed in seeds if seeds is not None else [None]:
+        given = {**(overrides or {}), **({} if seed is None else {"seed": seed})}
+        for path in files.values():
+            task = Task(path, ExperimentConfig.from_yaml(path, overrides=given))
+            if task.experiment_id in first:
+                notes.append(f"same experiment as {first[task.experiment_id].recipe}: {path} "
+                             f"({task.experiment_id}), runs once")
+                continue
+            first[task.experiment_id] = task
+            tasks.append(task)
     return tasks, notes
 
 
@@ -187,20 +190,13 @@ def format_summary(runs: list[RunResult], total: int, stop_signal: int | None, t
     lines = ["", head]
     sections = (
         (BUSY, "busy elsewhere (another process holds the lock; rerun later to pick them up)"),
-        (STOPPED, f"stopped by {_signal_name(stop_signal)} (resume by rerunning)"),
+        (STOPPED, f"stopped by {signal.Signals(stop_signal).name if stop_signal else 'a signal'} "
+                  "(resume by rerunning)"),
         (FAILED, "FAILED"),
     )
     for status, heading in sections:
         if by[status]:
             lines.append(f"{heading}:")
-            lines += [f"  {_failed_line(r) if status == FAILED else r.task.label}" for r in by[status]]
+            lines += [f"  {r.task.label}" + (f": exit {r.exit_code}" + f" ({r.detail})" * bool(r.detail)
+                                             if status == FAILED else "") for r in by[status]]
     return "\n".join(lines)
-
-
-def _failed_line(r: RunResult) -> str:
-    line = f"{r.task.label}: exit {r.exit_code}"
-    return f"{line} ({r.detail})" if r.detail else line
-
-
-def _signal_name(signum: int | None) -> str:
-    return signal.Signals(signum).name if signum else "a signal"

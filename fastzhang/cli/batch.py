@@ -10,9 +10,11 @@ is a wrapper over this command.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from fastzhang.cli.run import add_output_flags
+from fastzhang.errors import UsageError
 
 
 def add_parser(sub) -> None:
@@ -26,6 +28,8 @@ def add_parser(sub) -> None:
                    help="local: processes on this machine (default); ray: tasks on a Ray cluster")
     p.add_argument("--address", help="Ray cluster to join (auto, or HOST:PORT); default: RAY_ADDRESS, "
                                      "a cluster started on this machine with `ray start`, else a local instance")
+    p.add_argument("--seeds", metavar="SEEDS", help="run every recipe once per seed: a range (0-4), a list (0,3,7) "
+                                                     "or both (0-2,9); a seed other than 0 is part of the ID")
     p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="runs sharing one GPU (default 1)")
     p.add_argument("--max-parallel", type=int, metavar="N",
                    help="most runs at once (default: GPUs x K; on a machine without GPUs, 1)")
@@ -46,18 +50,18 @@ def add_parser(sub) -> None:
 
 def _batch(args: argparse.Namespace) -> int:
     from fastzhang.batch.plan import BatchOptions, check_limits, collect
-    from fastzhang.errors import UsageError
     from fastzhang.log import info
 
     if args.address is not None and args.backend != "ray":
         raise UsageError("--address applies to --backend ray only")
     check_limits(args.runs_per_gpu, args.max_parallel)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     overrides: dict[str, object] = {}  # config fields set for every recipe, passed on to each run
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     if args.use_wandb:
         overrides["use_wandb"] = True
-    tasks, notes = collect(args.recipes, overrides)
+    tasks, notes = collect(args.recipes, overrides, seeds)
     if not args.quiet:
         for note in notes:
             info(note)
@@ -77,6 +81,19 @@ def _batch(args: argparse.Namespace) -> int:
         report = run_local(tasks, opts, runs_per_gpu=args.runs_per_gpu, max_parallel=args.max_parallel)
     print(report.summary(args.title), flush=True)
     return report.exit_code()
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds: '0-4' -> [0, 1, 2, 3, 4], '0,3,7' -> [0, 3, 7], in the order given; anything else a UsageError."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or int(m[2] or m[1]) < int(m[1]):
+            raise UsageError(f"--seeds must be seeds >= 0 as a range (0-4) or a list (0,3,7); got {text!r}")
+        seeds += range(int(m[1]), int(m[2] or m[1]) + 1)
+    if len(set(seeds)) < len(seeds):
+        raise UsageError(f"--seeds names a seed twice; got {text!r}")
+    return seeds
 
 
 def _dry_run(tasks, opts, args: argparse.Namespace) -> int:

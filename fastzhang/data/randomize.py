@@ -1,8 +1,9 @@
 """The paper's randomizations (§2.1) as pure functions of uint8 images, labels, p and seed.
 
-Every draw comes from a named CPU stream (data/seeds.py), so a randomized data
-set is a function of the seed alone, bit-identical on every machine, drawn once
-before training and never changed. Streams:
+`seed` is the experiment's data seed (config.effective_data_seed: `data_seed`, else
+`seed`). Every draw comes from a named CPU stream (data/seeds.py), so a randomized
+data set is a function of the data seed alone, bit-identical on every machine,
+drawn once before training and never changed. Streams:
 
 * labels:          rng(seed, "labels"): first n uniforms u, then n classes c in 0..K-1
                    (K = the data set's class count: 10, or 100 for CIFAR-100);

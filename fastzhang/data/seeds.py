@@ -5,6 +5,9 @@ shifts another: changing the crop policy leaves the label corruption intact, and
 the order of epoch 7 is regenerated without replaying epochs 1..6. The streams
 are numpy PCG64 generators on the CPU, so they are identical on every machine
 whatever device trains the model.
+
+The data seed (config `data_seed`, else `seed`) draws the data set: labels, pixels,
+subset; `seed` the training: order, crop (and the initial weights, models/build.py).
 """
 
 from __future__ import annotations

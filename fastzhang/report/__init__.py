@@ -20,7 +20,7 @@ REPORT_NAME = "report.md"
 
 def build_report(results_dir: str | Path, out_dir: str | Path, *,
                  fit_threshold: float = FIT_THRESHOLD) -> Path:
-    from fastzhang.report import cifar100, export, figures, scorecard, tables
+    from fastzhang.report import export, figures, scorecard, tables
     from fastzhang.results import scan
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -29,24 +29,22 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *,
     for path, problem in damaged:  # listed in the report too; said here so a terminal user sees it
         warn(f"{path}: {problem}; left out of the report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    demo = tables.demo_runs(runs)
+    demo = tables.demo_groups(runs)
     completed = sum(r.completed for r in runs)
     lines = [
         "# fastzhang report: Zhang et al. 2017 on CIFAR-10", "",
         f"From `{results_dir}`: {len(entries)} results files, {completed} completed runs, "
         f"{len(damaged)} damaged or unreadable. Every epoch of each experiment's newest completed run: "
-        f"`{export.RUNS_CSV}`; one row per run: `{export.SUMMARY_CSV}`.", "",
+        f"`{export.RUNS_CSV}`; one row per configuration, over its seeds: `{export.SUMMARY_CSV}`.", "",
+        tables.STATISTICS, "",
         *scorecard.scorecard_section(runs),
     ]
-    if demo:
-        lines += tables.demo_section(demo, figures.demo_figure(demo, out_dir))
-    else:
-        (out_dir / figures.DEMO).unlink(missing_ok=True)
+    lines += tables.demo_section(demo, figures.demo_figure(demo, out_dir))  # none without a demo run
     lines += tables.table1_section(runs)
     lines += figures.figure1a_section(runs, out_dir)
     lines += figures.figure1bc_section(runs, out_dir, fit_threshold)
     lines += figures.figure2_section(runs, out_dir)
-    lines += cifar100.cifar100_section(runs)
+    lines += tables.cifar100_section(runs)
     lines += tables.unfinished_section(runs)
     lines += tables.damaged_section(damaged)
     export.write_csvs(runs, out_dir, fit_threshold)

@@ -1,28 +1,27 @@
 """The tidy export beside report.md: runs.csv (one row per experiment and epoch) and summary.csv.
 
-Both hold the newest completed results file of each experiment (the one the
-report would pick among runs of that experiment), ordered by experiment ID, and
-start with the experiment ID and every identity field of its config
-(ExperimentConfig.IDENTITY, the learning rate resolved). runs.csv then has the
-epoch and each per-epoch metric series of the results file (its learning rate
-as `epoch_lr`, beside the config's initial `lr`); summary.csv the
-file, its completion fields, the summary metrics, the throughput, and the steps
-to fit at the report's fit threshold. A missing number (a diverged epoch, no
-fit) is an empty cell. `pandas.read_csv("runs.csv")` reads it all.
+runs.csv: the newest completed results file of each experiment, by experiment ID: the ID, every
+identity field (`seed` and `data_seed` included, lr and data seed resolved), the epoch and each
+per-epoch series (its learning rate as `epoch_lr`, beside the config's initial `lr`). summary.csv:
+one row per configuration (tables.Group: the ID without the seeds, the other identity fields, the
+seeds and data seeds of its runs) with mean, sample std, n, min and max over its runs of the final
+train and test accuracy and of the steps to fit at the report's threshold (over the runs that fit).
+A missing number (a diverged epoch, no fit, one run's std) is an empty cell.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from fastzhang.atomicio import atomic_write
 from fastzhang.config import ExperimentConfig
 from fastzhang.report.fit import steps_to_fit
-from fastzhang.report.tables import FinishedRun, latest_runs
-from fastzhang.results import METRIC_SCALARS, METRIC_SERIES, THROUGHPUT_KEYS
+from fastzhang.report.tables import FinishedRun, config_id, groups, latest_runs
+from fastzhang.results import METRIC_SERIES
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
@@ -30,33 +29,31 @@ _EPOCH_SERIES = tuple(k for k in METRIC_SERIES if k != "epochs")
 # A series named like an identity field (lr: the epoch's rate, not the config's initial one) gets a prefix.
 RUNS_HEADER = ("experiment_id", *ExperimentConfig.IDENTITY, "epoch",
                *(f"epoch_{k}" if k in ExperimentConfig.IDENTITY else k for k in _EPOCH_SERIES))
-SUMMARY_HEADER = ("experiment_id", *ExperimentConfig.IDENTITY, "results_file", "timestamp", "total_epochs",
-                  "target_epochs", "stopped_early", *METRIC_SCALARS, *THROUGHPUT_KEYS,
-                  "fit_threshold", "steps_to_fit")
-
-
-def _key(run: FinishedRun) -> list[Any]:
-    identity = run.cfg.identity()
-    return [run.experiment_id, *(identity[name] for name in ExperimentConfig.IDENTITY)]
+_SHARED = tuple(k for k in ExperimentConfig.IDENTITY if k not in ("seed", "data_seed"))
+SUMMARIZED = ("final_train_acc", "final_test_acc", "steps_to_fit")
+SUMMARY_HEADER = ("configuration", *_SHARED, "seeds", "data_seeds", "fit_threshold",
+                  *(f"{value}_{stat}" for value in SUMMARIZED for stat in ("mean", "std", "n", "min", "max")))
 
 
 def runs_rows(runs: list[FinishedRun]) -> list[list[Any]]:
     rows = []
     for run in latest_runs(runs):
-        m = run.metrics
+        identity, m = run.cfg.identity(), run.metrics
         for i, epoch in enumerate(m["epochs"]):
-            rows.append([*_key(run), epoch, *(m[k][i] for k in _EPOCH_SERIES)])
+            rows.append([run.experiment_id, *(identity[k] for k in ExperimentConfig.IDENTITY), epoch,
+                         *(m[k][i] for k in _EPOCH_SERIES)])
     return rows
 
 
 def summary_rows(runs: list[FinishedRun], fit_threshold: float) -> list[list[Any]]:
     rows = []
-    for run in latest_runs(runs):
-        p, m = run.payload, run.metrics
-        rows.append([*_key(run), run.path.name, p["timestamp"], p["total_epochs"],
-                     p["target_epochs"], p["stopped_early"], *(m.get(k) for k in METRIC_SCALARS),
-                     *(p["throughput"][k] for k in THROUGHPUT_KEYS),
-                     fit_threshold, steps_to_fit(m, fit_threshold)])
+    for group in groups(runs):
+        identity = group.cfg.identity()
+        stats = [group.stat(k) for k in SUMMARIZED[:2]] + [group.stat(lambda r: steps_to_fit(r.metrics, fit_threshold))]
+        rows.append([config_id(group.cfg), *(identity[k] for k in _SHARED),
+                     *(" ".join(str(r.cfg.identity()[k]) for r in group.runs) for k in ("seed", "data_seed")),
+                     fit_threshold, *(None if isinstance(v, float) and math.isnan(v) else v
+                                      for s in stats for v in (s.mean, s.std, s.n, s.lo, s.hi))])
     return rows
 
 

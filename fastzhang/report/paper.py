@@ -44,31 +44,27 @@ class Table1Row:
         return float(self.test)
 
 
-def _row(model: str, rand: str, crop: bool, wd: bool, train: str, test: str) -> Table1Row:
-    return Table1Row(model, rand, crop, wd, train, test)
-
-
 # Table 1 (CIFAR-10), in the paper's order.
 TABLE1 = (
-    _row("inception", "none", True, True, "100.0", "89.05"),
-    _row("inception", "none", True, False, "100.0", "89.31"),
-    _row("inception", "none", False, True, "100.0", "86.03"),
-    _row("inception", "none", False, False, "100.0", "85.75"),
-    _row("inception", "random_labels", False, False, "100.0", "9.78"),
-    _row("inception_no_bn", "none", False, True, "100.0", "83.00"),
-    _row("inception_no_bn", "none", False, False, "100.0", "82.00"),
-    _row("inception_no_bn", "random_labels", False, False, "100.0", "10.12"),
-    _row("alexnet", "none", True, True, "99.90", "81.22"),
-    _row("alexnet", "none", True, False, "99.82", "79.66"),
-    _row("alexnet", "none", False, True, "100.0", "77.36"),
-    _row("alexnet", "none", False, False, "100.0", "76.07"),
-    _row("alexnet", "random_labels", False, False, "99.82", "9.86"),
-    _row("mlp3", "none", False, True, "100.0", "53.35"),
-    _row("mlp3", "none", False, False, "100.0", "52.39"),
-    _row("mlp3", "random_labels", False, False, "100.0", "10.48"),
-    _row("mlp1", "none", False, True, "99.80", "50.39"),
-    _row("mlp1", "none", False, False, "100.0", "50.51"),
-    _row("mlp1", "random_labels", False, False, "99.34", "10.61"),
+    Table1Row("inception", "none", True, True, "100.0", "89.05"),
+    Table1Row("inception", "none", True, False, "100.0", "89.31"),
+    Table1Row("inception", "none", False, True, "100.0", "86.03"),
+    Table1Row("inception", "none", False, False, "100.0", "85.75"),
+    Table1Row("inception", "random_labels", False, False, "100.0", "9.78"),
+    Table1Row("inception_no_bn", "none", False, True, "100.0", "83.00"),
+    Table1Row("inception_no_bn", "none", False, False, "100.0", "82.00"),
+    Table1Row("inception_no_bn", "random_labels", False, False, "100.0", "10.12"),
+    Table1Row("alexnet", "none", True, True, "99.90", "81.22"),
+    Table1Row("alexnet", "none", True, False, "99.82", "79.66"),
+    Table1Row("alexnet", "none", False, True, "100.0", "77.36"),
+    Table1Row("alexnet", "none", False, False, "100.0", "76.07"),
+    Table1Row("alexnet", "random_labels", False, False, "99.82", "9.86"),
+    Table1Row("mlp3", "none", False, True, "100.0", "53.35"),
+    Table1Row("mlp3", "none", False, False, "100.0", "52.39"),
+    Table1Row("mlp3", "random_labels", False, False, "100.0", "10.48"),
+    Table1Row("mlp1", "none", False, True, "99.80", "50.39"),
+    Table1Row("mlp1", "none", False, False, "100.0", "50.51"),
+    Table1Row("mlp1", "random_labels", False, False, "99.34", "10.61"),
 )
 
 # Figure 1a: Inception, one training-loss curve per randomization, same schedule.

@@ -2,11 +2,11 @@
 
 A payload is a `Run` (train/engine.py) as plain dicts, tensors and scalars, so
 `torch.load(weights_only=True)` reads it and a checkpoint is code-free data.
-Data order and crop offsets are functions of (seed, epoch), so the payload
-needs no loader state for resumption to be exact. checkpoint.py stores a
-payload (adding `format`, `format_version` and `checksum`); everything else,
-the resume checks in experiment.py and `fastzhang status` included, reads it
-through this module. docs/architecture.md shows SCHEMA as a table.
+Data order and crop offsets are functions of (seed, epoch) and the randomized
+data set of the data seed, so the payload needs no loader state for resumption
+to be exact. checkpoint.py stores a payload (adding `format`, `format_version`
+and `checksum`); everything else, the resume checks in experiment.py and
+`fastzhang status` included, reads it through this module. docs/architecture.md shows SCHEMA as a table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fastzhang.train.engine import METRIC_KEYS, Run, end_cause
 # key -> what it holds. Every key is written by to_payload and needed by restore.
 SCHEMA = {
     "experiment_id": "the experiment ID (config.experiment_id)",
-    "config": "ExperimentConfig.to_dict(): identity and execution fields",
+    "config": "ExperimentConfig.to_dict(): identity and execution fields, data_seed resolved",
     "epoch": "epochs fully completed",
     "step_in_epoch": "steps done in epoch + 1 (0 at an epoch boundary)",
     "global_step": "optimizer steps since the start",
@@ -48,7 +48,7 @@ def to_payload(run: Run, cfg: ExperimentConfig, data_fingerprint: str) -> dict:
     partial = run.partial
     return {
         "experiment_id": cfg.experiment_id,
-        "config": cfg.to_dict(),
+        "config": {**cfg.to_dict(), "data_seed": cfg.effective_data_seed},  # older ones lack it: = seed
         "epoch": run.epoch,
         "step_in_epoch": run.step_in_epoch,
         "global_step": run.global_step,
@@ -86,9 +86,12 @@ def check_resumable(payload: dict, cfg: ExperimentConfig, path: Path) -> dict:
     than `cfg.epochs` (extending: the schedule, lr x lr_decay after each epoch, and the epoch plans do not
     depend on the total, so it trains on exactly as a `cfg.epochs` run from scratch); else a UsageError."""
     missing = [key for key in REQUIRED if key not in payload]
-    theirs, ours = stored_config(payload, path).identity(), cfg.identity()
-    trained = payload.get("epoch", 0)
-    differ = [k for k in ours if theirs[k] != ours[k] and not (k == "epochs" and ours[k] > trained)]
+    stored = stored_config(payload, path)
+    theirs, ours, trained = stored.identity(), cfg.identity(), payload.get("epoch", 0)
+    # a data seed that follows the seed on both sides differs only as the seed does: one field to name
+    follows = stored.data_seed is None and cfg.data_seed is None
+    differ = [k for k in ours if theirs[k] != ours[k] and not (k == "epochs" and ours[k] > trained)
+              and not (k == "data_seed" and follows)]
     if differ:
         text = "; ".join(f"{k}: checkpoint {theirs[k]!r} vs requested {ours[k]!r}" for k in differ)
         more = f", and --epochs must exceed the {trained} it has trained" if "epochs" in differ else ""
