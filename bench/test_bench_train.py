@@ -2,7 +2,9 @@
 
 A round = `steps` of the engine's TrainStep (bench/workloads.py); channels_last for convolutional
 models only, as `auto`. Ratios: against the model's fp32 eager case; alexnet's eager case against
-`torch_lrn` (nn.LocalResponseNorm for models/lrn.py's fast LRN: the same function). `first_step_s`
+`torch_lrn` (nn.LocalResponseNorm for models/lrn.py's fast LRN: the same function); `auto` (the
+switches `fastzhang run` picks on this device) against `naive` (workloads.naive_steps: a typical
+reproduction's step on the same batches). `first_step_s`
 is cold (compiler caches start empty); `full-warm` builds `full` again, inductor's cache filled. A
 fallback (a switch turned off) fails the case: it would time the wrong path. Marked `cuda`: the GPU
 check's cases (its CPU dry run: mlp1, not compiled), with `host_lead` on CUDA.
@@ -14,23 +16,24 @@ import time
 import pytest
 import torch
 
+from fastzhang.config import ExperimentConfig
 from fastzhang.data.batches import ResidentData
 from fastzhang.data.synthetic import make_synthetic
 from fastzhang.models.registry import MODELS
-from fastzhang.train.fastpath import Speed
-from workloads import DRY, GPU, Steps, sync, train_steps
+from fastzhang.train.fastpath import Speed, resolve_speed
+from workloads import DRY, GPU, Steps, naive_steps, sync, train_steps
 
-MODES = {"torch_lrn": "", "eager": "", "amp": "amp", "cl": "channels_last", "amp_cl": "amp channels_last",
-         "compile": "compile", "compile_max": "compile",
+MODES = {"naive": "", "auto": "", "torch_lrn": "", "eager": "", "amp": "amp", "cl": "channels_last", "amp_cl": "amp channels_last",
+         "kernels": "amp channels_last compile_kernels", "compile": "compile", "compile_max": "compile",
          "cuda_graphs": "cuda_graphs", "graphs": "amp channels_last cuda_graphs",
          "full": "amp channels_last compile cuda_graphs", "full-warm": "amp channels_last compile cuda_graphs"}
 COMPILE_MODE = {"compile_max": "max-autotune-no-cudagraphs"}
 CPU_MODES = {
     "mlp1": ("eager", "amp", "compile", "compile_max"),
     "mlp3": ("eager", "amp", "compile"),
-    "alexnet": ("torch_lrn", "eager", "amp", "cl", "amp_cl", "compile"),
-    "inception": ("eager", "amp", "cl", "amp_cl"),
-    "inception_no_bn": ("eager", "amp"),
+    "alexnet": ("naive", "auto", "torch_lrn", "eager", "amp", "cl", "amp_cl", "kernels", "compile"),
+    "inception": ("naive", "auto", "eager", "amp", "cl", "amp_cl"),
+    "inception_no_bn": ("naive", "auto", "eager", "amp"),
 }
 CUDA_MODES = {
     "mlp1": ("eager", "amp", "compile", "cuda_graphs", "graphs", "full", "full-warm"),
@@ -57,11 +60,16 @@ def resident(device):
 
 
 def make_steps(model: str, mode: str, resident, device: torch.device) -> Steps:
+    batch, steps = (128, 50) if device.type == "cuda" else SIZES[model]
+    if mode == "naive":
+        return naive_steps(model, resident, device, batch=batch, steps=steps)
     on = MODES[mode].split()
     if not MODELS[model].convolutional:  # as resolve_speed's auto: an MLP only pays a copy for it
         on = [switch for switch in on if switch != "channels_last"]
-    speed = Speed(**{switch: switch in on for switch in ("amp", "compile", "cuda_graphs", "channels_last")})
-    batch, steps = (128, 50) if device.type == "cuda" else SIZES[model]
+    speed = Speed(**{switch: switch in on for switch in ("amp", "compile", "cuda_graphs", "channels_last",
+                                                         "compile_kernels")})
+    if mode == "auto":
+        speed = resolve_speed(ExperimentConfig.from_mapping({"model": model, "batch_size": batch}), device)
     return train_steps(model, speed, resident, device, batch=batch, steps=steps, compile_mode=COMPILE_MODE.get(mode),
                        torch_lrn=mode == "torch_lrn")
 
@@ -86,13 +94,14 @@ def test_train_step(benchmark, measure, resident, device, model, mode):
     torch.manual_seed(0)
     steps = make_steps(model, mode, resident, device)
     assert steps.fallbacks == [], steps.fallbacks
-    base = {"eager": "torch_lrn" if model == "alexnet" else None, "torch_lrn": None}.get(mode, "eager")
+    base = {"eager": "torch_lrn" if model == "alexnet" else None, "torch_lrn": None, "naive": None,
+            "auto": "naive"}.get(mode, "eager")
     measure(benchmark, steps.round, name=f"train-{model}-{mode}", images=steps.images,
             baseline=base and f"train-{model}-{base}", alone=lambda: make_steps(model, base, resident, device).round,
             rounds=5 if device.type == "cuda" else 3)
     benchmark.extra_info.update(model=model, mode=mode, batch=steps.batch, first_step_s=round(steps.first_step_s, 3),
-                                compile_mode=COMPILE_MODE.get(mode, "default") if steps.step.speed.compile else None,
-                                switches=dataclasses.asdict(steps.step.speed))
+                                compile_mode=COMPILE_MODE.get(mode, "default") if steps.speed().compile else None,
+                                switches=dataclasses.asdict(steps.speed()))
     if mode == "full":
         COLD_FIRST_STEP[model] = round(steps.first_step_s, 3)
     if mode == "full-warm" and model in COLD_FIRST_STEP:

@@ -1,8 +1,8 @@
 """What the benchmarks time, and their clock: train/engine.clock, which waits for the device.
 
-- naive_*: the baseline of the data and epoch ratios, as a typical reproduction writes it: a DataLoader
+- naive_*: the baseline of the data, step and epoch ratios, as a typical reproduction writes it: a DataLoader
   over a Dataset that crops, scales and whitens one sample at a time (data.preprocess's operations),
-  an fp32 eager model, a `.item()` after every step to log the loss.
+  an fp32 eager model (NCHW), plain SGD, a `.item()` after every step to log the loss.
 - train_steps: rounds of the engine's step (TrainStep, engine.build_run's optimizer) on two fixed
   batches; the first call (compile, CUDA-graph capture) is timed apart.
 - fastzhang_epoch: one epoch as `fastzhang run` trains and evaluates it, nothing saved.
@@ -71,22 +71,31 @@ def naive_loader(images, labels, device: torch.device, *, batch: int, workers: i
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
 
-def naive_epoch(model_name: str, arrays, device: torch.device, workers: int) -> Callable[[], float]:
-    """One epoch as a typical reproduction writes it: fp32 eager, `.item()` every step, then a test pass."""
+def naive_model(model_name: str, device: torch.device):
+    """(model, step(x, y)): a typical reproduction's fp32 eager model and SGD step, `.item()` every step."""
     model = build_model(model_name, seed=0).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x, y):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the per-step host sync of a logging loop
+
+    return model, step
+
+
+def naive_epoch(model_name: str, arrays, device: torch.device, workers: int) -> Callable[[], float]:
+    """One epoch as a typical reproduction writes it: fp32 eager, `.item()` every step, then a test pass."""
+    model, step = naive_model(model_name, device)
     train = naive_loader(arrays.train_images, arrays.train_labels, device, batch=EPOCH_BATCH, workers=workers)
     test = naive_loader(arrays.test_images, arrays.test_labels, device, batch=1000, workers=workers, train=False)
 
     def epoch() -> float:
         model.train()
         for x, y in train:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            loss.item()  # the per-step host sync of a logging loop
+            step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         model.eval()
         with torch.no_grad():
             correct = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in test)
@@ -101,8 +110,23 @@ class Steps:
     first_step_s: float  # the first call: compile, graph warm-up and capture
     batch: int
     images: int  # per round
-    step: TrainStep  # its `speed` is what ran: a failed capture or compile turns a switch off
+    speed: Callable[[], Speed]  # what ran: a failed capture or compile turns a switch off
     fallbacks: list[str] = field(default_factory=list)  # "switch: reason", as TrainStep reported them
+
+
+def naive_steps(model_name: str, resident: ResidentData, device: torch.device, *, batch: int, steps: int) -> Steps:
+    """`train_steps`' rounds with naive_model's step on the same two batches, fp32 and NCHW."""
+    _, step = naive_model(model_name, device)
+    plan = epoch_plan(0, 1, resident.num_train, True, device)
+    batches = [train_batch(resident, plan, i, batch, dtype=torch.float32, channels_last=False) for i in range(2)]
+
+    def round_():
+        for i in range(steps):
+            step(*batches[i % 2])
+
+    first = timed(lambda: step(*batches[0]), device)
+    plain = Speed(amp=False, compile=False, cuda_graphs=False, channels_last=False)
+    return Steps(round_, first, batch, batch * steps, lambda: plain)
 
 
 def train_steps(model_name: str, speed: Speed, resident: ResidentData, device: torch.device, *, batch: int,
@@ -128,7 +152,7 @@ def train_steps(model_name: str, speed: Speed, resident: ResidentData, device: t
             step(*batches[i % 2], loss_sum, correct)
 
     first = timed(lambda: step(*batches[0], loss_sum, correct), device)
-    return Steps(round_, first, batch, batch * steps, step, fallbacks)
+    return Steps(round_, first, batch, batch * steps, lambda: step.speed, fallbacks)
 
 
 def epoch_config(model: str, device: torch.device) -> ExperimentConfig:

@@ -190,11 +190,11 @@ def _prepare(cfg: ExperimentConfig, arrays) -> tuple:
 
     device = resolve_device(cfg.device)
     activate_device(device)
-    speed = resolve_speed(cfg, device)
     data = ResidentData.build(
         arrays, randomization=cfg.randomization, corrupt_prob=cfg.corrupt_prob, seed=cfg.effective_data_seed,
         train_subset=cfg.train_subset, device=device,
     )
+    speed = resolve_speed(cfg, device, train_images=data.train_x.shape[0])
     loader = make_loader(cfg.loader, data, cfg.batch_size, dtype=speed.input_dtype,
                          channels_last=speed.channels_last)
     return data, speed, loader
@@ -300,7 +300,8 @@ def _start_run(cfg: ExperimentConfig, device, speed, start: dict | None, log: Ru
 
     run = engine.build_run(cfg, device, speed)
     on = ", ".join(name for name in SPEED_SWITCHES if getattr(speed, name))
-    what = f"{runlog.describe(cfg)}; on {device} ({'fast path: ' + on if on else 'fp32 eager'}); log {log.path}"
+    path = ("fast path: " + on if on else "fp32 eager") + (f"; {speed.why_compile}" if speed.why_compile else "")
+    what = f"{runlog.describe(cfg)}; on {device} ({path}); log {log.path}"
     if start is None:
         log.say(f"{cfg.experiment_id}: starting: {what}")
         return run
@@ -329,6 +330,7 @@ def _execution(device, speed, loader, fallbacks: list[dict]) -> dict:
     """How this session trained: the switches still on after any fallback, and the loader used."""
     off = {f["switch"] for f in fallbacks}
     switches = {name: getattr(speed, name) and name not in off for name in SPEED_SWITCHES}
+    switches["compile_kernels"] = speed.compile_kernels and "compile" not in off  # compile's CPU form
     return {"device": str(device), "switches": switches, "loader": loader.name, "fallbacks": list(fallbacks)}
 
 

@@ -27,10 +27,11 @@ from fastzhang.config import ExperimentConfig
 from fastzhang.data.batches import ResidentData, epoch_plan, steps_per_epoch
 from fastzhang.data.synthetic import make_synthetic
 from fastzhang.errors import UsageError
+from fastzhang.models import lrn
 from fastzhang.models.build import build_model
 from fastzhang.train import engine, state
 from fastzhang.train.fastpath import (
-    Speed, TrainStep, _restore, _snapshot, cpu_has_native_bf16, evaluate, resolve_speed,
+    COMPILE_MIN_STEPS, FAIL_ENV, Speed, TrainStep, _restore, _snapshot, cpu_has_native_bf16, evaluate, resolve_speed,
 )
 from fastzhang.train.loaders import make_loader
 
@@ -121,6 +122,37 @@ def test_auto_defaults_per_device():
     assert resolve_speed(mlp, torch.device("cuda")) == Speed(True, True, True, False)
     assert resolve_speed(conv, torch.device("cpu")) == Speed(native, False, False, True)
     assert resolve_speed(mlp, torch.device("cpu")) == Speed(native, False, False, False)
+
+
+def test_auto_compile_follows_the_device_and_the_planned_steps():
+    """CUDA: the whole model once the run plans 4,000 steps; a CPU: the kernels alone (AlexNet's LRN) from 2,000,
+    else nothing (inductor's CPU code for whole models measured slower). The reason goes to the first line."""
+    assert COMPILE_MIN_STEPS == {"cpu": 2_000, "cuda": 4_000}
+    alexnet, inception = (ExperimentConfig.from_mapping({"model": m, "epochs": 100}) for m in ("alexnet", "inception"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    long = resolve_speed(alexnet, cuda)  # 100 x 391 steps of 128
+    assert (long.compile, long.compile_kernels) == (True, False)
+    assert long.why_compile == "compile on (auto: 39,100 planned steps repay a compile)"
+    kernels = resolve_speed(alexnet, cpu)
+    assert (kernels.compile, kernels.compile_kernels) == (False, True)
+    assert kernels.why_compile.startswith("compile: LRN kernels only (auto: 39,100 planned steps repay them")
+    other = resolve_speed(inception, cpu)
+    assert (other.compile, other.compile_kernels) == (False, False)
+    assert other.why_compile == "compile off (auto: inductor's CPU code trains slower than eager)"
+    # 10 epochs of 391 steps: 3,910, enough on a CPU, not on CUDA; 5 epochs (1,955) on neither.
+    ten = alexnet.replace(epochs=10)
+    assert resolve_speed(ten, cpu).compile_kernels and not resolve_speed(ten, cuda).compile
+    assert resolve_speed(ten, cuda).why_compile == \
+        "compile off (auto: 3,910 planned steps, too few to repay a compile; 4,000 do)"
+    five = resolve_speed(alexnet.replace(epochs=5), cpu)
+    assert not five.compile_kernels and five.why_compile.startswith("compile off (auto: 1,955 planned steps")
+    # The data set's size counts: a subset of 5,120 at 32 a step is 160 steps an epoch.
+    assert resolve_speed(alexnet.replace(epochs=13, batch_size=32), cpu, train_images=5_120).compile_kernels
+    assert not resolve_speed(alexnet.replace(epochs=12, batch_size=32), cpu, train_images=5_120).compile_kernels
+    # An explicit switch is obeyed (the whole model) and needs no reason.
+    on = resolve_speed(alexnet.replace(compile="on"), cpu)
+    assert on == Speed(kernels.amp, True, False, True) and on.why_compile == ""
+    assert not resolve_speed(alexnet.replace(compile="off"), cpu).compile_kernels
 
 
 def test_explicit_switches_win_and_graphs_need_cuda():
@@ -276,6 +308,33 @@ def test_compiled_mlp1_trains_like_eager():
     for (l0, c0), (l1, c1) in zip(runs[False][1], runs[True][1]):
         torch.testing.assert_close(l1, l0, rtol=1e-4, atol=0)
         assert torch.equal(c0, c1)
+
+
+@pytest.mark.slow  # inductor compiles the two LRN tails for two batch shapes: ~10 s
+def test_compiled_lrn_kernels_train_alexnet_like_eager(monkeypatch):
+    """`compile_kernels` (a CPU's `compile: auto` for AlexNet) compiles models/lrn.py's tails, the same functions
+    eager runs: bf16 + channels_last training agrees to rounding (inductor fuses into FMAs). An injected failure
+    falls back to the eager tails with the weights put back, as a failed whole-model compile does: bit for bit."""
+    x, y = data(48)
+    x = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    runs, told = {}, []
+    for name, fail in (("eager", False), ("kernels", False), ("failed", True)):
+        monkeypatch.setenv(FAIL_ENV, "compile" if fail else "")
+        model = build_model("alexnet", seed=0).to(memory_format=torch.channels_last)
+        opt = sgd(model)
+        speed = Speed(True, False, False, True, compile_kernels=name != "eager")
+        step = TrainStep(model, opt, speed, on_fallback=lambda switch, reason: told.append((switch, reason)))
+        sums = train(step, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=1.0), x, y, batch=32, epochs=2)
+        eager = {layer.kernels == lrn.EAGER for layer in (model.norm1, model.norm2)}
+        runs[name] = model, sums, step.speed.compile_kernels, eager
+    assert runs["kernels"][2] and runs["kernels"][3] == {False}  # really compiled (48 images: shapes 32, 16)
+    assert not runs["failed"][2] and runs["failed"][3] == {True}
+    assert told == [("compile", f"_InjectedFailure: injected compile failure ({FAIL_ENV})")]
+    assert_models_equal(runs["eager"][0], runs["failed"][0])
+    assert_models_equal(runs["eager"][0], runs["kernels"][0], rtol=1e-3, atol=1e-5)
+    for (l0, c0), (l1, c1), (l2, c2) in zip(*(runs[name][1] for name in ("eager", "kernels", "failed"))):
+        assert torch.equal(l0, l2) and torch.equal(c0, c2)
+        torch.testing.assert_close(l1, l0, rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("name", ["alexnet", "inception"])

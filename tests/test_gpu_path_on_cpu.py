@@ -559,6 +559,31 @@ def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, device, 
         assert_same_training(back, ref)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_sigkill_mid_epoch_on_the_compiled_cpu_path_resumes_bitwise(tmp_path):
+    """alexnet on the CPU with `compile: auto` planning enough steps to compile its LRN kernels (1,000 epochs
+    of 4 steps; early stopping ends it after a few), SIGKILLed after a mid-epoch checkpoint and resumed: the
+    same weights, optimizer state and metrics, bit for bit, as a run never interrupted."""
+    from fastzhang.atomicio import SLOW_WRITE_ENV
+
+    args = _synthetic("cpu", "alexnet", 16, 64, checkpoint_every_steps=2, randomization="random_labels")
+    args[args.index("--epochs") + 1] = "1000"
+    args += ["--early-stop-patience", "1", "--early-stop-min-epochs", "3"]
+    steady = _start([*args, "--quiet"], tmp_path / "steady", "steady")
+    assert steady.wait(timeout=400) == 0, steady.stderr[-2000:]
+    killed = _start(args, tmp_path / "killed", "killed", **{SLOW_WRITE_ENV: "0.2"})
+    point = _kill_after_mid_epoch_checkpoint(killed, tmp_path / "killed", timeout=300)
+    assert "compile: LRN kernels only (auto: 4,000 planned steps repay them" in killed.stderr
+    resumed = _start(args, tmp_path / "killed", "resumed")
+    assert resumed.wait(timeout=400) == 0, resumed.stderr[-2000:]
+    assert point[1] > 0 and _resumed_from(resumed.stderr) == point
+    (ref, ref_results), (back, back_results) = _final(tmp_path / "steady"), _final(tmp_path / "killed")
+    assert back_results["execution"]["switches"]["compile_kernels"] and back_results["execution"]["fallbacks"] == []
+    assert ref_results["metrics"]["early_stop_epoch"] is not None and len(back_results["metrics"]["epochs"]) >= 3
+    assert_same_training(back, ref)
+
+
 @pytest.mark.cuda
 @pytest.mark.e2e
 @pytest.mark.timeout(240)

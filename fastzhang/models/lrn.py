@@ -8,20 +8,25 @@ TensorFlow (tf.nn.local_response_normalization), over the channel axis c:
 The TensorFlow CIFAR-10 tutorial, and so the paper's small AlexNet, uses r = 4, bias = 1,
 alpha = 0.001 / 9, beta = 0.75. PyTorch's nn.LocalResponseNorm divides alpha by the window
 size (`torch_equivalent` builds the same layer there), pads and average-pools a 5-d view and
-lets autograd differentiate that. Here the window sum is one matmul with a 0/1 band matrix
-along whichever axis is innermost (NCHW and channels_last alike), and the backward is written
-out: forward+backward of [128, 64, 14, 14] float32 on 1 CPU thread, NCHW / channels_last,
-26 / 49 ms against nn.LocalResponseNorm's 154 / 330 (a cumulative sum: 80 / 151; the band
-matmul under autograd: 40 / 86). Under torch.compile the traced backward uses the
-cumulative-sum form (see _LocalResponseNorm.backward).
+lets autograd differentiate that.
 
-Precision: the sum and the power are computed in float32 (float64 for float64 inputs) with
-autocast off, whatever the input dtype, and cast back; so is the backward's window sum, also
-inside an autocast region. On CUDA with TF32 matmuls allowed, the forward's window sum is
-TF32 (~1e-3 relative on sqr_sum, scaled by < 0.75 on the output).
+Here every step is one memory pass over the channel axis wherever it lies in memory (NCHW
+and channels_last alike): the window sum of 9 is a sum of 3 adjacent channels, then of 3 such
+sums 3 apart (4 adds, where a 0/1 band-matrix GEMM costs twice as much in float32), the
+power 0.75 is rsqrt(d) * sqrt(rsqrt(d)) (pow's exp/log costs 7 passes' time), and the backward
+is written out and reads what the forward kept. Forward+backward of [128, 64, 14, 14] bf16
+channels_last on 2 threads of a Zen 4 EPYC: bench/NOTES.md §11. Eval (no gradient wanted)
+keeps nothing.
+
+Precision: the window sum and the power are computed in float32 (float64 for float64 inputs),
+whatever the input dtype, and the output is rounded once to the input's dtype; so is the
+backward's window sum. Autocast never touches it: there is no matmul left to downcast.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,59 +39,125 @@ TF_ALPHA = 0.001 / 9.0
 TF_BETA = 0.75
 
 
-def band_matrix(channels: int, radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[C, C] with 1 where |i - j| <= radius: (x**2 along C) @ band = TensorFlow's sqr_sum."""
-    i = torch.arange(channels, device=device)
-    return ((i[:, None] - i[None, :]).abs() <= radius).to(dtype)
+def _channels_innermost(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A contiguous view of x [B, C, H, W] and its channel axis: NHWC (3) for channels_last, else NCHW (1)."""
+    if x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1), 3
+    return x.contiguous(), 1
 
 
-def _window_sum(t: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-    """Sum of t [B, C, H, W] over the channel windows of `band` (symmetric [C, C]); keeps t's layout."""
-    b, c, h, w = t.shape
-    if c > 1 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        # NHWC in memory: channels are the rows' inner axis, one [B*H*W, C] @ [C, C] GEMM.
-        return (t.permute(0, 2, 3, 1) @ band).permute(0, 3, 1, 2)
-    return (band @ t.reshape(b, c, h * w)).view(b, c, h, w)
+def _as_layout(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x [B, C, H, W] as the contiguous view `_channels_innermost` gave for axis `dim` (a copy if laid out otherwise)."""
+    return x.permute(0, 2, 3, 1).contiguous() if dim == 3 else x.contiguous()
+
+
+def _restore(view: torch.Tensor, dim: int) -> torch.Tensor:
+    return view.permute(0, 3, 1, 2) if dim == 3 else view
+
+
+def padded_product(a: torch.Tensor, b: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """a * b (contiguous, alike) with `radius` zeros on each side of `dim`, written in place: no copy to pad it."""
+    shape = list(a.shape)
+    shape[dim] += 2 * radius
+    if torch.compiler.is_compiling():  # tracing refuses a strided out=; inductor fuses the pad anyway
+        return F.pad(a * b, [0, 0] * (a.dim() - 1 - dim) + [radius, radius])
+    buffer = a.new_empty(shape)
+    buffer.narrow(dim, 0, radius).zero_()
+    buffer.narrow(dim, shape[dim] - radius, radius).zero_()
+    torch.mul(a, b, out=buffer.narrow(dim, radius, a.shape[dim]))
+    return buffer
+
+
+def window_sum(buffer: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """For the values t padded by `radius` zeros along `dim` of `buffer` (`padded`): t's window sums
+    sum(t[c'] for c' in [c - radius, c + radius]) for every c, a view shaped like t.
+
+    The adds run over the flat buffer at offsets of whole channel strides: contiguous and vectorized,
+    where slices along the channel axis would be strided; entries that mix rows are never read.
+    """
+    size, step = 2 * radius + 1, buffer.stride(dim)
+    flat = buffer.view(-1)
+    inner = 3 if size % 3 == 0 else 1  # a window of 3k channels: k sums of 3 adjacent ones, 3 apart
+    if inner == 3:
+        m = flat.numel() - 2 * step
+        flat = torch.add(flat[:m], flat[step : m + step]).add_(flat[2 * step : m + 2 * step])
+    m = flat.numel() - (size - inner) * step
+    total = flat[:m].clone() if size == inner else torch.add(flat[:m], flat[inner * step : m + inner * step])
+    for k in range(2 * inner, size, inner):
+        total.add_(flat[k * step : m + k * step])
+    shape = list(buffer.shape)
+    shape[dim] -= 2 * radius
+    return total.as_strided(shape, buffer.stride())
+
+
+def _neg_pow(d: torch.Tensor, beta: float) -> torch.Tensor:
+    """d ** -beta; for the tutorial's 0.75 as rsqrt(d) * d ** -0.25, the same function at a quarter of the cost."""
+    if beta != 0.75:
+        return d.pow(-beta)
+    scale = torch.rsqrt(d)
+    return scale.mul_(scale.sqrt())
+
+
+def _forward_tail(squares, v, radius: int, bias: float, alpha: float, beta: float, dim: int, dtype, keep: bool):
+    """From x's channel-innermost view v (float32/64) and its padded squares: (out in `dtype`, what the
+    backward reads or None). The forward's work past its first two passes: what `Kernels` compiles."""
+    d = torch.add(bias, window_sum(squares, radius, dim), alpha=alpha)
+    scale = _neg_pow(d, beta)
+    out = v * scale
+    return out.to(dtype), ((scale, out / d) if keep else None)  # out / d = x * d**-(beta + 1): g's factor
+
+
+def _backward_tail(products, g, scale, v, radius: int, alpha: float, beta: float, dim: int, dtype):
+    """dx in `dtype` from g, the padded products g * x * d**-(beta + 1) and the saved scale and v."""
+    window = window_sum(products, radius, dim) * v
+    return torch.mul(g, scale).add_(window, alpha=-2.0 * alpha * beta).to(dtype)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The two tails a training step runs: eager (EAGER), or each compiled to one loop nest per batch shape
+    by `compiled` (train/fastpath.py decides), where eager makes ~10 passes over memory (bench/NOTES.md §13)."""
+
+    forward: Callable = _forward_tail
+    backward: Callable = _backward_tail
+
+    @classmethod
+    def compiled(cls, compile: Callable[[Callable], Callable]) -> "Kernels":
+        return cls(compile(_forward_tail), compile(_backward_tail))
+
+
+EAGER = Kernels()
+
+
+def _forward(x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float, keep: bool, kernels: Kernels):
+    """(out in x's dtype and layout, the channel axis, what the backward reads or None), in float32 or float64."""
+    v, dim = _channels_innermost(x.to(torch.promote_types(x.dtype, torch.float32)))
+    out, saved = kernels.forward(padded_product(v, v, radius, dim), v, radius, bias, alpha, beta, dim, x.dtype, keep)
+    return _restore(out, dim), dim, (v, *saved) if keep else None
 
 
 class _LocalResponseNorm(torch.autograd.Function):
     """out = x * d**-beta, d = bias + alpha * W(x**2), W the channel-window sum.
 
-    The backward is written out because autograd's chain through pow and the
-    products costs about twice the memory passes:
-    dL/dx = g * d**-beta - 2 * alpha * beta * x * W(g * out / d).
+    dL/dx = g * d**-beta - 2 * alpha * beta * x * W(g * x * d**-(beta + 1)): five passes and one
+    window sum, where autograd's chain through pow and the products costs about twice the passes.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float) -> torch.Tensor:
-        band = band_matrix(x.shape[1], radius, x.dtype, x.device)
-        d = _window_sum(x * x, band).mul_(alpha).add_(bias)
-        scale = d.pow(-beta)
-        out = x * scale
-        ctx.save_for_backward(x, d, scale)
-        ctx.radius, ctx.alpha, ctx.beta = radius, alpha, beta
+    def forward(ctx, x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float,
+                kernels: Kernels) -> torch.Tensor:
+        out, dim, saved = _forward(x, radius, bias, alpha, beta, True, kernels)
+        ctx.save_for_backward(*saved)
+        ctx.radius, ctx.alpha, ctx.beta, ctx.dim, ctx.dtype, ctx.kernels = radius, alpha, beta, dim, x.dtype, kernels
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, d, scale = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        t = grad * x * scale / d
-        if torch.compiler.is_compiling():
-            # A traced backward runs under the caller's autocast, and a context manager here breaks
-            # tracing; a scan is never downcast (CUDA autocast even promotes it to float32).
-            window = _window_sum_scan(t, ctx.radius)
-        else:
-            with torch.autocast(device_type=grad.device.type, enabled=False):  # backward() inside autocast
-                window = _window_sum(t, band_matrix(x.shape[1], ctx.radius, x.dtype, x.device))
-        dx = torch.addcmul(grad * scale, x, window, value=-2.0 * ctx.alpha * ctx.beta)
-        return dx, None, None, None, None
-
-
-def _window_sum_scan(t: torch.Tensor, radius: int) -> torch.Tensor:
-    """The same window sum as a difference of cumulative sums over channels."""
-    c = F.pad(t, (0, 0, 0, 0, radius + 1, radius)).cumsum(dim=1)
-    return c[:, 2 * radius + 1 :] - c[:, : t.shape[1]]
+        v, scale, factor = ctx.saved_tensors
+        g = _as_layout(grad.to(v.dtype), ctx.dim)
+        products = padded_product(g, factor, ctx.radius, ctx.dim)
+        dx = ctx.kernels.backward(products, g, scale, v, ctx.radius, ctx.alpha, ctx.beta, ctx.dim, ctx.dtype)
+        return _restore(dx, ctx.dim), None, None, None, None, None
 
 
 def local_response_norm(
@@ -95,25 +166,38 @@ def local_response_norm(
     bias: float = TF_BIAS,
     alpha: float = TF_ALPHA,
     beta: float = TF_BETA,
+    kernels: Kernels = EAGER,
 ) -> torch.Tensor:
     """TensorFlow's local response normalization of x [B, C, H, W] over C; returns x's dtype and layout."""
     if x.dim() != 4:
         raise ValueError(f"local_response_norm expects [B, C, H, W], got shape {tuple(x.shape)}")
-    compute = torch.promote_types(x.dtype, torch.float32)
-    # The window sum must not run in bf16/fp16 under autocast: it is a matmul autocast would downcast.
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        out = _LocalResponseNorm.apply(x.to(compute), depth_radius, float(bias), float(alpha), float(beta))
-        return out.to(x.dtype)
+    args = (depth_radius, float(bias), float(alpha), float(beta))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _LocalResponseNorm.apply(x, *args, kernels)
+    return _forward(x, *args, False, EAGER)[0]  # evaluation: nothing kept; never compiled, so never a compile error
 
 
 class LocalResponseNorm(nn.Module):
-    """The TensorFlow CIFAR-10 tutorial's LRN (alpha multiplies the plain sum); no parameters."""
+    """The TensorFlow CIFAR-10 tutorial's LRN (alpha multiplies the plain sum); no parameters.
+    `kernels`: the training step's tails (`use_kernels`), eager unless a run compiles them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels = EAGER
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x)
+        return local_response_norm(x, kernels=self.kernels)
 
     def extra_repr(self) -> str:
         return f"depth_radius={TF_DEPTH_RADIUS}, bias={TF_BIAS}, alpha={TF_ALPHA:.6g}, beta={TF_BETA}"
+
+
+def use_kernels(model: nn.Module, kernels: Kernels) -> int:
+    """Give every LocalResponseNorm of `model` these kernels (one compiled pair serves them all); how many."""
+    layers = [m for m in model.modules() if isinstance(m, LocalResponseNorm)]
+    for layer in layers:
+        layer.kernels = kernels
+    return len(layers)
 
 
 def torch_equivalent() -> nn.LocalResponseNorm:

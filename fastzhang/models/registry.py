@@ -22,6 +22,7 @@ class ModelSpec:
     paper_params: int | None = None  # Table 1: trainable parameters for 10 classes
     display_name: str | None = None  # the paper's name for it
     options: dict[str, Any] = field(default_factory=dict)
+    kernels: bool = False  # parts that `compile: auto` compiles on a CPU (models/lrn.Kernels), where the whole model loses
 
     def constructor(self) -> Callable[..., Any]:
         """The builder with its options bound; imports the builder's module (and so torch)."""
@@ -35,7 +36,7 @@ MODELS: dict[str, ModelSpec] = {
                            "Inception", {"batchnorm": True}),
     "inception_no_bn": ModelSpec("fastzhang.models.inception:SmallInception", 0.1, True, 1_649_402,
                                  "Inception w/o BatchNorm", {"batchnorm": False}),
-    "alexnet": ModelSpec("fastzhang.models.alexnet:SmallAlexNet", 0.01, True, 1_387_786, "AlexNet"),
+    "alexnet": ModelSpec("fastzhang.models.alexnet:SmallAlexNet", 0.01, True, 1_387_786, "AlexNet", kernels=True),
     "mlp1": ModelSpec("fastzhang.models.mlp:MLP", 0.01, False, 1_209_866, "MLP 1x512", {"depth": 1, "width": 512}),
     "mlp3": ModelSpec("fastzhang.models.mlp:MLP", 0.01, False, 1_735_178, "MLP 3x512", {"depth": 3, "width": 512}),
 }

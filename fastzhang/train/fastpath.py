@@ -11,6 +11,7 @@ the epoch's smaller last batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -21,9 +22,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from fastzhang.data.cifar import PER_BATCH
 from fastzhang.errors import UsageError, one_line
+from fastzhang.models.lrn import EAGER, Kernels, use_kernels
 from fastzhang.models.registry import MODELS
 
+TRAIN_IMAGES = 5 * PER_BATCH  # every data set's training set (data/cifar.py)
 WARMUP_STEPS = 3  # eager steps before a capture: compile, cuDNN/cuBLAS workspaces, optimizer state
 
 
@@ -33,6 +37,8 @@ class Speed:
     compile: bool  # torch.compile of the model
     cuda_graphs: bool  # capture the whole step
     channels_last: bool
+    compile_kernels: bool = False  # torch.compile of the model's kernels alone (models/lrn.Kernels): `auto` on a CPU
+    why_compile: str = dataclasses.field(default="", compare=False)  # what `compile: auto` chose and why
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -61,15 +67,40 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def resolve_speed(cfg, device: torch.device) -> Speed:
-    """auto/on/off -> booleans. `cuda_graphs: on` without CUDA is refused, not ignored."""
+# Planned steps from which `compile: auto` compiles: where the compile repays itself. A CPU: AlexNet's LRN kernels
+# compile in ~10 s cold and save ~6 ms a step (bench/NOTES.md §13): even at 1,700 steps; 2,000 = 10 epochs of
+# 25,000 images. CUDA: a whole model compiles in 15-90 s cold (§10); the step it saves there is not measured yet
+# (no GPU lent so far): 4,000 steps, ~10 epochs of CIFAR-10 at batch 128, until it is.
+COMPILE_MIN_STEPS = {"cpu": 2_000, "cuda": 4_000}
+
+
+def auto_compile(cfg, device: torch.device, train_images: int) -> tuple[bool, bool, str]:
+    """What `compile: auto` does for this run: (the whole model, its kernels alone, the reason for the first line)."""
+    cpu = device.type != "cuda"
+    if cpu and not MODELS[cfg.model].kernels:
+        # Measured in one run on a Zen 4 EPYC (bench/NOTES.md §13): AlexNet 0.53x, Inception 0.91x of eager.
+        return False, False, "compile off (auto: inductor's CPU code trains slower than eager)"
+    steps, least = cfg.epochs * math.ceil(train_images / cfg.batch_size), COMPILE_MIN_STEPS["cpu" if cpu else "cuda"]
+    if steps < least:
+        return False, False, f"compile off (auto: {steps:,} planned steps, too few to repay a compile; {least:,} do)"
+    if cpu:
+        return False, True, f"compile: LRN kernels only (auto: {steps:,} planned steps repay them; the whole " \
+                            f"model trains slower compiled on a CPU)"
+    return True, False, f"compile on (auto: {steps:,} planned steps repay a compile)"
+
+
+def resolve_speed(cfg, device: torch.device, train_images: int = TRAIN_IMAGES) -> Speed:
+    """auto/on/off -> booleans; `train_images` sizes the run for `compile: auto`. `cuda_graphs: on` without CUDA
+    is refused, not ignored."""
     cuda = device.type == "cuda"
     if cfg.cuda_graphs == "on" and not cuda:
         raise UsageError(f"cuda_graphs: 'on' needs a CUDA device; this run is on {device}")
-    # compile: slower or even on the CPU, and 15 s-3 min to compile; channels_last: an MLP only pays a copy
-    auto = {"amp": cuda or cpu_has_native_bf16(), "compile": cuda, "cuda_graphs": cuda,
-            "channels_last": MODELS[cfg.model].convolutional}
-    return Speed(**{name: auto[name] if getattr(cfg, name) == "auto" else getattr(cfg, name) == "on" for name in auto})
+    whole, kernels, why = auto_compile(cfg, device, train_images) if cfg.compile == "auto" \
+        else (cfg.compile == "on", False, "")
+    # channels_last: an MLP only pays a copy
+    auto = {"amp": cuda or cpu_has_native_bf16(), "cuda_graphs": cuda, "channels_last": MODELS[cfg.model].convolutional}
+    chosen = {name: auto[name] if getattr(cfg, name) == "auto" else getattr(cfg, name) == "on" for name in auto}
+    return Speed(**chosen, compile=whole, compile_kernels=kernels, why_compile=why)
 
 
 class CudaGraphs:
@@ -133,6 +164,12 @@ class TrainStep:
         self.forward = compile_model(model, mode=compile_mode, dynamic=False) if speed.compile else model
         if speed.compile and "compile" in self._fail:
             self.forward = _failing_compile
+        if speed.compile_kernels:
+            failing = "compile" in self._fail
+            kernels = Kernels(_failing_compile, _failing_compile) if failing else \
+                Kernels.compiled(functools.partial(compile_model, dynamic=False))
+            if not use_kernels(model, kernels):
+                self.speed = dataclasses.replace(speed, compile_kernels=False)  # nothing of the kind in this model
         self.graphs = graphs if graphs is not None else (CudaGraphs() if speed.cuda_graphs else None)
         self._captured: dict[tuple, tuple] = {}
         self._proven: set[tuple] = set()  # batch shapes whose first step succeeded
@@ -155,7 +192,7 @@ class TrainStep:
 
     def _first(self, key, x, y):
         """The first step of a batch shape: compile and capture happen here, and may fail."""
-        if self.graphs is None and self.forward is self.model:
+        if self.graphs is None and self.forward is self.model and not self.speed.compile_kernels:
             return self._run(key, x, y)  # the plain path: nothing to fall back from
         while True:
             saved = _snapshot(self.model, self.optimizer)
@@ -169,18 +206,21 @@ class TrainStep:
                 _restore(self.model, self.optimizer, saved)
                 self._fall_back("cuda_graphs", failed.__cause__)
             except Exception as e:  # inductor compiles at the first forward and the first backward
-                if self.forward is self.model:
+                if self.forward is self.model and not self.speed.compile_kernels:
                     raise
                 _restore(self.model, self.optimizer, saved)
                 self._fall_back("compile", e)
 
     def _fall_back(self, switch: str, error: BaseException) -> None:
+        off = {switch: False}
         if switch == "cuda_graphs":
             self.graphs, self._captured = None, {}
         else:
             self.forward = self.model
+            use_kernels(self.model, EAGER)
+            off["compile_kernels"] = False
         self._proven.clear()
-        self.speed = dataclasses.replace(self.speed, **{switch: False})
+        self.speed = dataclasses.replace(self.speed, **off)
         self.on_fallback(switch, one_line(error))
 
     def _step(self, x, y):
@@ -221,7 +261,7 @@ class _CaptureFailed(Exception):
     """The capture failed (not the step captured); __cause__ says why."""
 
 
-def _failing_compile(x):
+def _failing_compile(*args):
     raise _InjectedFailure(f"injected compile failure ({FAIL_ENV})")
 
 
