@@ -26,7 +26,7 @@ from fastzhang.train.fastpath import Speed, TrainStep, evaluate
 METRIC_KEYS = METRIC_SERIES + LATER_SERIES  # the results file's series, one row per epoch
 
 # Images per evaluation batch: a GPU wants large ones; a CPU is fastest where a batch's activations stay in
-# its caches (AlexNet at 100: 2.2x the images/s of 1,000, Inception at 64-128: 1.4x; bench/NOTES.md §11).
+# its caches (AlexNet at 100: 2.2x the images/s of 1,000, Inception at 64-128: 1.4x; bench/NOTES.md §13).
 EVAL_BATCH = {"cuda": 1000, "cpu": 100}
 
 
