@@ -72,7 +72,7 @@ def padded_product(a: torch.Tensor, b: torch.Tensor, radius: int, dim: int) -> t
 
 
 def window_sum(buffer: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-X
+    """For the values t padded by `radius` zeros along `dim` of `buffer` (`padded_product`): t's window sums
     sum(t[c'] for c' in [c - radius, c + radius]) for every c, a view shaped like t.
 
     The adds run over the flat buffer at offsets of whole channel strides: contiguous and vectorized,
