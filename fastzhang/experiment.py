@@ -300,8 +300,8 @@ def _start_run(cfg: ExperimentConfig, device, speed, start: dict | None, log: Ru
 
     run = engine.build_run(cfg, device, speed)
     on = ", ".join(name for name in SPEED_SWITCHES if getattr(speed, name))
-    path = ("fast path: " + on if on else "fp32 eager") + (f"; {speed.why_compile}" if speed.why_compile else "")
-    what = f"{runlog.describe(cfg)}; on {device} ({path}); log {log.path}"
+    why = f"; {speed.why_compile}" if speed.why_compile else ""
+    what = f"{runlog.describe(cfg)}; on {device} ({'fast path: ' + on if on else 'fp32 eager'}){why}; log {log.path}"
     if start is None:
         log.say(f"{cfg.experiment_id}: starting: {what}")
         return run

@@ -132,20 +132,20 @@ def test_auto_compile_follows_the_device_and_the_planned_steps():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     long = resolve_speed(alexnet, cuda)  # 100 x 391 steps of 128
     assert (long.compile, long.compile_kernels) == (True, False)
-    assert long.why_compile == "compile on (auto: 39,100 planned steps repay a compile)"
+    assert long.why_compile == "compile auto: on, 39,100 planned steps repay a compile"
     kernels = resolve_speed(alexnet, cpu)
     assert (kernels.compile, kernels.compile_kernels) == (False, True)
-    assert kernels.why_compile.startswith("compile: LRN kernels only (auto: 39,100 planned steps repay them")
+    assert kernels.why_compile.startswith("compile auto: LRN kernels only, 39,100 planned steps repay them")
     other = resolve_speed(inception, cpu)
     assert (other.compile, other.compile_kernels) == (False, False)
-    assert other.why_compile == "compile off (auto: inductor's CPU code trains slower than eager)"
+    assert other.why_compile == "compile auto: off, inductor's CPU code trains slower than eager"
     # 10 epochs of 391 steps: 3,910, enough on a CPU, not on CUDA; 5 epochs (1,955) on neither.
     ten = alexnet.replace(epochs=10)
     assert resolve_speed(ten, cpu).compile_kernels and not resolve_speed(ten, cuda).compile
     assert resolve_speed(ten, cuda).why_compile == \
-        "compile off (auto: 3,910 planned steps, too few to repay a compile; 4,000 do)"
+        "compile auto: off, 3,910 planned steps, too few to repay a compile (4,000 do)"
     five = resolve_speed(alexnet.replace(epochs=5), cpu)
-    assert not five.compile_kernels and five.why_compile.startswith("compile off (auto: 1,955 planned steps")
+    assert not five.compile_kernels and five.why_compile.startswith("compile auto: off, 1,955 planned steps")
     # The data set's size counts: a subset of 5,120 at 32 a step is 160 steps an epoch.
     assert resolve_speed(alexnet.replace(epochs=13, batch_size=32), cpu, train_images=5_120).compile_kernels
     assert not resolve_speed(alexnet.replace(epochs=12, batch_size=32), cpu, train_images=5_120).compile_kernels

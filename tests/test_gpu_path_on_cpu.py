@@ -574,7 +574,7 @@ def test_sigkill_mid_epoch_on_the_compiled_cpu_path_resumes_bitwise(tmp_path):
     assert steady.wait(timeout=400) == 0, steady.stderr[-2000:]
     killed = _start(args, tmp_path / "killed", "killed", **{SLOW_WRITE_ENV: "0.2"})
     point = _kill_after_mid_epoch_checkpoint(killed, tmp_path / "killed", timeout=300)
-    assert "compile: LRN kernels only (auto: 4,000 planned steps repay them" in killed.stderr
+    assert "compile auto: LRN kernels only, 4,000 planned steps repay them" in killed.stderr
     resumed = _start(args, tmp_path / "killed", "resumed")
     assert resumed.wait(timeout=400) == 0, resumed.stderr[-2000:]
     assert point[1] > 0 and _resumed_from(resumed.stderr) == point

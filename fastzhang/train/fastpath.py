@@ -79,14 +79,14 @@ def auto_compile(cfg, device: torch.device, train_images: int) -> tuple[bool, bo
     cpu = device.type != "cuda"
     if cpu and not MODELS[cfg.model].kernels:
         # Measured in one run on a Zen 4 EPYC (bench/NOTES.md §13): AlexNet 0.53x, Inception 0.91x of eager.
-        return False, False, "compile off (auto: inductor's CPU code trains slower than eager)"
+        return False, False, "compile auto: off, inductor's CPU code trains slower than eager"
     steps, least = cfg.epochs * math.ceil(train_images / cfg.batch_size), COMPILE_MIN_STEPS["cpu" if cpu else "cuda"]
     if steps < least:
-        return False, False, f"compile off (auto: {steps:,} planned steps, too few to repay a compile; {least:,} do)"
+        return False, False, f"compile auto: off, {steps:,} planned steps, too few to repay a compile ({least:,} do)"
     if cpu:
-        return False, True, f"compile: LRN kernels only (auto: {steps:,} planned steps repay them; the whole " \
+        return False, True, f"compile auto: LRN kernels only, {steps:,} planned steps repay them (the whole " \
                             f"model trains slower compiled on a CPU)"
-    return True, False, f"compile on (auto: {steps:,} planned steps repay a compile)"
+    return True, False, f"compile auto: on, {steps:,} planned steps repay a compile"
 
 
 def resolve_speed(cfg, device: torch.device, train_images: int = TRAIN_IMAGES) -> Speed:
