@@ -5,8 +5,9 @@ compiled shape) and 10,000 images; 1,024 and 256 in the GPU check's dry run. On 
 convolutional models train on the first 4,992 and test on the first 1,000 (the same 5:1; a full
 naive Inception epoch there takes ~15 minutes). fastzhang: an epoch as `fastzhang run` trains and
 evaluates it, training seconds beside evaluation's (and evaluation's images/s), the first epoch
-(compile, capture) apart, the losses (it trains); marked `cuda`. naive: the baseline. Checkpoints: save / load of the engine's
-payload after one step, per model: size, and time as a share of the mlp1 epoch (a save: <= 2%).
+(compile, capture) apart, the losses (it trains); marked `cuda`. naive: the baseline. Checkpoints:
+save / load of the engine's payload after one step, per model: size, and time as a share of the
+mlp1 epoch (a save: <= 2%).
 """
 
 import dataclasses

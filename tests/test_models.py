@@ -185,6 +185,31 @@ def test_build_model_leaves_global_rng_untouched():
     assert torch.equal(torch.rand(5), expected)
 
 
+def test_alexnet_pools_before_its_first_relu_with_the_same_values_and_gradients():
+    """SmallAlexNet.forward pools conv1's output before the ReLU (a quarter of the pixels): the paper's order
+    (ReLU, then pool) gives the same bits, forward and every gradient, windows of ties and of negatives included."""
+
+    def paper_order(m, t):
+        t = m.norm1(m.pool1(torch.relu(m.conv1(t))))
+        t = m.pool2(m.norm2(torch.relu(m.conv2(t))))
+        return m.fc3(torch.relu(m.fc2(torch.relu(m.fc1(torch.flatten(t, 1))))))
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", seed=0)
+    x = torch.randn(4, 3, 28, 28)
+    x[0, :, :8] = 0  # constant patches: windows of equal values, and of zero or negative pre-activations
+    assert (model.conv1(x) <= 0).float().mean() > 0.3
+    outputs, grads = [], []
+    for forward in (paper_order, lambda m, t: m(t)):
+        model.zero_grad()
+        out = forward(model, x)
+        out.pow(2).sum().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.equal(*outputs)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 def test_alexnet_initialization_is_the_tensorflow_tutorials(models):
     m = models["alexnet"]
     for layer, std, bias in ((m.conv1, 5e-2, 0.0), (m.conv2, 5e-2, 0.1), (m.fc1, 0.04, 0.1), (m.fc3, 1 / 192, 0.0)):

@@ -41,7 +41,9 @@ _VALUE_FLAGS = (
     ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
     ("--data-dir", "data_dir", str, "CIFAR-10 / CIFAR-100 folder (default $FASTZHANG_DATA, then ./data)"),
     ("--amp", "amp", str, "bf16 autocast: auto | on | off"),
-    ("--compile", "compile", str, "torch.compile: auto | on | off"),
+    ("--compile", "compile", str, "torch.compile: auto | on | off (auto: for a run long enough to repay it, the "
+     "whole model on CUDA, AlexNet's LRN kernels alone on a CPU; the first line says what and why; on: the whole "
+     "model)"),
     ("--cuda-graphs", "cuda_graphs", str, "capture the training step: auto | on | off"),
     ("--channels-last", "channels_last", str, "channels_last memory format: auto | on | off"),
     ("--loader", "loader", str, "auto | torch | triton | dali (auto: triton on CUDA when it can run, else torch)"),
