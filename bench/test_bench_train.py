@@ -3,11 +3,12 @@
 A round = `steps` of the engine's TrainStep (bench/workloads.py); channels_last for convolutional
 models only, as `auto`. Ratios: against the model's fp32 eager case; alexnet's eager case against
 `torch_lrn` (nn.LocalResponseNorm for models/lrn.py's fast LRN: the same function); `auto` (the
-switches `fastzhang run` picks on this device) against `naive` (workloads.naive_steps: a typical
-reproduction's step on the same batches). `first_step_s`
-is cold (compiler caches start empty); `full-warm` builds `full` again, inductor's cache filled. A
-fallback (a switch turned off) fails the case: it would time the wrong path. Marked `cuda`: the GPU
-check's cases (its CPU dry run: mlp1, not compiled), with `host_lead` on CUDA.
+switches `fastzhang run` picks on this device for a 100-epoch run) against `naive`
+(workloads.naive_steps: a typical reproduction's step on the same batches); `kernels`: amp_cl with
+the LRN's compiled tails. `first_step_s` is cold (compiler caches start empty); `full-warm` builds
+`full` again, inductor's cache filled. A fallback (a switch turned off) fails the case: it would
+time the wrong path. Marked `cuda`: the GPU check's cases (its CPU dry run: mlp1, not compiled),
+with `host_lead` on CUDA.
 """
 
 import dataclasses
@@ -23,8 +24,9 @@ from fastzhang.models.registry import MODELS
 from fastzhang.train.fastpath import Speed, resolve_speed
 from workloads import DRY, GPU, Steps, naive_steps, sync, train_steps
 
-MODES = {"naive": "", "auto": "", "torch_lrn": "", "eager": "", "amp": "amp", "cl": "channels_last", "amp_cl": "amp channels_last",
-         "kernels": "amp channels_last compile_kernels", "compile": "compile", "compile_max": "compile",
+MODES = {"naive": "", "auto": "", "torch_lrn": "", "eager": "", "amp": "amp", "cl": "channels_last",
+         "amp_cl": "amp channels_last", "kernels": "amp channels_last compile_kernels",
+         "compile": "compile", "compile_max": "compile",
          "cuda_graphs": "cuda_graphs", "graphs": "amp channels_last cuda_graphs",
          "full": "amp channels_last compile cuda_graphs", "full-warm": "amp channels_last compile cuda_graphs"}
 COMPILE_MODE = {"compile_max": "max-autotune-no-cudagraphs"}
