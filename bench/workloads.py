@@ -117,16 +117,24 @@ class Steps:
 def naive_steps(model_name: str, resident: ResidentData, device: torch.device, *, batch: int, steps: int) -> Steps:
     """`train_steps`' rounds with naive_model's step on the same two batches, fp32 and NCHW."""
     _, step = naive_model(model_name, device)
+    plain = Speed(amp=False, compile=False, cuda_graphs=False, channels_last=False)
+    return _two_batch_rounds(step, lambda: plain, resident, device, batch=batch, steps=steps, fallbacks=[])
+
+
+def _two_batch_rounds(step: Callable, speed: Callable[[], Speed], resident: ResidentData, device: torch.device, *,
+                      batch: int, steps: int, fallbacks: list[str]) -> Steps:
+    """Rounds of `steps` calls of step(x, y) alternating over two fixed batches laid out for speed(); the first
+    call (compile, capture) timed apart."""
     plan = epoch_plan(0, 1, resident.num_train, True, device)
-    batches = [train_batch(resident, plan, i, batch, dtype=torch.float32, channels_last=False) for i in range(2)]
+    batches = [train_batch(resident, plan, i, batch, dtype=speed().input_dtype, channels_last=speed().channels_last)
+               for i in range(2)]
 
     def round_():
         for i in range(steps):
             step(*batches[i % 2])
 
     first = timed(lambda: step(*batches[0]), device)
-    plain = Speed(amp=False, compile=False, cuda_graphs=False, channels_last=False)
-    return Steps(round_, first, batch, batch * steps, lambda: plain)
+    return Steps(round_, first, batch, batch * steps, speed, fallbacks)
 
 
 def train_steps(model_name: str, speed: Speed, resident: ResidentData, device: torch.device, *, batch: int,
@@ -141,18 +149,10 @@ def train_steps(model_name: str, speed: Speed, resident: ResidentData, device: t
     fallbacks: list[str] = []
     step = TrainStep(run.model, run.optimizer, speed, compile_mode=compile_mode,
                      on_fallback=lambda switch, reason: fallbacks.append(f"{switch}: {reason}"))
-    plan = epoch_plan(0, 1, resident.num_train, True, device)
-    batches = [train_batch(resident, plan, i, batch, dtype=speed.input_dtype, channels_last=speed.channels_last)
-               for i in range(2)]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-
-    def round_():
-        for i in range(steps):
-            step(*batches[i % 2], loss_sum, correct)
-
-    first = timed(lambda: step(*batches[0], loss_sum, correct), device)
-    return Steps(round_, first, batch, batch * steps, lambda: step.speed, fallbacks)
+    return _two_batch_rounds(lambda x, y: step(x, y, loss_sum, correct), lambda: step.speed, resident, device,
+                             batch=batch, steps=steps, fallbacks=fallbacks)
 
 
 def epoch_config(model: str, device: torch.device) -> ExperimentConfig:

@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fastzhang.data.cifar import PER_BATCH
+from fastzhang.data.cifar import PER_BATCH, TRAIN_BATCHES
 from fastzhang.errors import UsageError, one_line
 from fastzhang.models.lrn import EAGER, Kernels, use_kernels
 from fastzhang.models.registry import MODELS
 
-TRAIN_IMAGES = 5 * PER_BATCH  # every data set's training set (data/cifar.py)
+TRAIN_IMAGES = TRAIN_BATCHES * PER_BATCH  # every data set's training set (data/cifar.py)
 WARMUP_STEPS = 3  # eager steps before a capture: compile, cuDNN/cuBLAS workspaces, optimizer state
 
 
@@ -192,7 +192,7 @@ class TrainStep:
 
     def _first(self, key, x, y):
         """The first step of a batch shape: compile and capture happen here, and may fail."""
-        if self.graphs is None and self.forward is self.model and not self.speed.compile_kernels:
+        if self.graphs is None and not self._compiles:
             return self._run(key, x, y)  # the plain path: nothing to fall back from
         while True:
             saved = _snapshot(self.model, self.optimizer)
@@ -206,10 +206,15 @@ class TrainStep:
                 _restore(self.model, self.optimizer, saved)
                 self._fall_back("cuda_graphs", failed.__cause__)
             except Exception as e:  # inductor compiles at the first forward and the first backward
-                if self.forward is self.model and not self.speed.compile_kernels:
+                if not self._compiles:
                     raise
                 _restore(self.model, self.optimizer, saved)
                 self._fall_back("compile", e)
+
+    @property
+    def _compiles(self) -> bool:
+        """Whether this step runs anything inductor compiles: the whole model, or its kernels alone."""
+        return self.forward is not self.model or self.speed.compile_kernels
 
     def _fall_back(self, switch: str, error: BaseException) -> None:
         off = {switch: False}
